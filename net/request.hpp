@@ -1,0 +1,57 @@
+#pragma once
+// A Request is the completion of one posted send or receive. The transport
+// completes or fails it; the poster tests or waits on it. Waiting never hangs:
+// it returns, or throws the failure, or throws Timeout at the deadline.
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+
+#include "core/clock.hpp"
+
+namespace braid::net {
+
+// Something a waiter can drive while it waits (shared memory is progressed
+// inline by the waiting thread, not by an extra thread: on a 2-core host a
+// spinning helper thread per rank would halve the speed of everything).
+class Progress {
+ public:
+  virtual ~Progress() = default;
+  // Does whatever copying can be done now without blocking. Returns true if
+  // anything moved.
+  virtual bool progress() = 0;
+};
+
+class Request {
+ public:
+  enum State : uint32_t { kPending = 0, kDone = 1, kFailed = 2 };
+
+  explicit Request(Progress* progress = nullptr) : progress_(progress) {}
+  Request(const Request&) = delete;
+  Request& operator=(const Request&) = delete;
+
+  // True once complete; throws the failure if the request failed.
+  bool test();
+  // Waits until complete; throws the failure, or braid::Timeout at `deadline`.
+  void wait(const Deadline& deadline);
+  State state() const { return static_cast<State>(state_.load(std::memory_order_acquire)); }
+  bool done() const { return state() != kPending; }
+
+  // --- for transports ---
+  void complete();
+  // First failure wins; later calls are ignored.
+  void fail(std::exception_ptr error);
+  std::exception_ptr error() const;
+
+ private:
+  std::atomic<uint32_t> state_{kPending};
+  std::atomic<uint32_t> waiters_{0};
+  Progress* progress_;
+  mutable std::mutex mu_;
+  std::exception_ptr error_;
+};
+
+using RequestPtr = std::shared_ptr<Request>;
+
+}  // namespace braid::net
