@@ -1,0 +1,188 @@
+// braid launch: starts the local workers of a job, serves the rendezvous store
+// on node 0, prefixes output with the rank, forwards signals, restarts failed
+// workers if asked, and exits non-zero naming every worker that failed.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <map>
+
+#include "cli/command.hpp"
+#include "cli/process_group.hpp"
+#include "comm/bootstrap.hpp"
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "net/tcp_store.hpp"
+
+namespace braid::cli {
+namespace {
+
+std::atomic<int> g_signal{0};
+void on_signal(int sig) { g_signal.store(sig); }
+
+struct LaunchArgs {
+  int nproc = 0;
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string rendezvous;
+  int max_restarts = 0;
+  std::string on_failure = "stop";
+  double grace_s = 10;
+  bool no_prefix = false;
+  std::vector<std::string> cmd;
+};
+
+int run_launch(const LaunchArgs& a) {
+  if (a.nproc < 1) throw ConfigError("--nproc must be at least 1");
+  if (a.nnodes < 1) throw ConfigError("--nnodes must be at least 1");
+  if (a.node_rank < 0 || a.node_rank >= a.nnodes)
+    throw ConfigError(fmt::format("--node-rank {} is outside 0..{}", a.node_rank, a.nnodes - 1));
+  if (a.cmd.empty())
+    throw ConfigError("no command to launch", "write it after --, e.g. braid launch -n 2 -- braid train job.toml");
+
+  std::string secret = comm::job_secret();
+  if (a.nnodes > 1 && secret.empty())
+    throw ConfigError("a job on several nodes needs a job secret",
+                      "set BRAID_JOB_SECRET (the same value on every node) or BRAID_JOB_SECRET_FILE; "
+                      "without one braid only listens on loopback");
+  if (a.nnodes > 1 && a.rendezvous.empty())
+    throw ConfigError("--rendezvous HOST:PORT is required with --nnodes > 1",
+                      "use node 0's address and a free port, the same on every node");
+
+  std::unique_ptr<net::TcpStoreServer> server;
+  std::string rendezvous = a.rendezvous;
+  if (a.node_rank == 0) {
+    net::HostPort hp = rendezvous.empty() ? net::HostPort{"127.0.0.1", 0} : net::HostPort::parse(rendezvous);
+    std::string bind = a.nnodes > 1 ? "0.0.0.0" : hp.host;
+    server = std::make_unique<net::TcpStoreServer>(bind, hp.port, secret);
+    rendezvous = hp.host + ":" + std::to_string(server->port());
+  }
+  if (secret.empty() && a.node_rank == 0)
+    log::info("no job secret set (BRAID_JOB_SECRET): braid listens on loopback only");
+
+  int world = a.nproc * a.nnodes;
+  std::map<int, int> restarts;
+  ProcessGroup::LineFn printer;
+  if (a.no_prefix) printer = [](int, std::string_view l) {
+    std::fprintf(stdout, "%.*s\n", static_cast<int>(l.size()), l.data());
+    std::fflush(stdout);
+  };
+  ProcessGroup group(printer);
+  for (int i = 0; i < a.nproc; ++i) {
+    int rank = a.node_rank * a.nproc + i;
+    ProcessSpec spec;
+    spec.argv = a.cmd;
+    spec.label = "r" + std::to_string(rank);
+    spec.env = {{"BRAID_RANK", std::to_string(rank)},
+                {"BRAID_WORLD_SIZE", std::to_string(world)},
+                {"BRAID_LOCAL_RANK", std::to_string(i)},
+                {"BRAID_LOCAL_WORLD_SIZE", std::to_string(a.nproc)},
+                {"BRAID_NODE_RANK", std::to_string(a.node_rank)},
+                {"BRAID_NNODES", std::to_string(a.nnodes)},
+                {"BRAID_RENDEZVOUS", rendezvous},
+                {"BRAID_RESTART_COUNT", "0"}};
+    group.spawn(spec);
+  }
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);
+
+  std::map<int, std::string> failures;  // index -> why
+  std::optional<Deadline> stop_at;
+  int forwarded = 0;
+  int exit_signal = 0;
+  auto handle_exit = [&](const ProcessExit& e) {
+    int rank = a.node_rank * a.nproc + e.index;
+    if (e.ok()) {
+      failures.erase(e.index);
+      return;
+    }
+    if (exit_signal) {
+      failures[e.index] = e.describe();
+      return;
+    }
+    log::error("launch: rank {} (pid {}) {}", rank, group.pid(e.index), e.describe());
+    if (restarts[e.index] < a.max_restarts) {
+      int n = ++restarts[e.index];
+      log::warn("launch: restarting rank {} (restart {} of {})", rank, n, a.max_restarts);
+      // The restart count is visible to the worker so that it joins as a new member.
+      group.set_env(e.index, "BRAID_RESTART_COUNT", std::to_string(n));
+      group.respawn(e.index);
+      return;
+    }
+    failures[e.index] = e.describe();
+    if (a.on_failure == "stop" && !stop_at) stop_at = Deadline::in_seconds(a.grace_s);
+  };
+  while (group.running_count() > 0) {
+    if (int sig = g_signal.exchange(0)) {
+      exit_signal = sig;
+      ++forwarded;
+      if (forwarded == 1) {
+        log::warn("launch: got {}, passing it to the workers", signal_name(sig));
+        group.signal_all(sig);
+        stop_at = Deadline::in_seconds(a.grace_s);
+      } else {
+        log::warn("launch: second signal, killing the workers");
+        group.signal_all(SIGKILL);
+      }
+    }
+    if (stop_at && stop_at->expired()) {
+      log::warn("launch: workers still running {:.0f} s after the job failed; terminating them", a.grace_s);
+      for (size_t i = 0; i < group.size(); ++i)
+        if (group.running(static_cast<int>(i))) failures[static_cast<int>(i)] = "was terminated by the launcher";
+      group.terminate_all(5.0);
+      break;
+    }
+    auto e = group.poll(100);
+    if (e) handle_exit(*e);
+  }
+  // Exits seen in the last poll round are still queued.
+  while (auto e = group.poll(0)) handle_exit(*e);
+  if (server) server->stop();
+
+  if (!failures.empty()) {
+    std::string list;
+    for (auto& [i, why] : failures)
+      list += fmt::format("{}rank {} {}", list.empty() ? "" : "; ", a.node_rank * a.nproc + i, why);
+    std::fprintf(stderr, "braid launch: %zu of %d worker(s) failed: %s\n", failures.size(), a.nproc,
+                 list.c_str());
+    return exit_signal ? 128 + exit_signal : 1;
+  }
+  return 0;
+}
+
+std::function<int()> setup(CLI::App& app) {
+  auto a = std::make_shared<LaunchArgs>();
+  auto* sub = app.add_subcommand("launch", "Start N local workers of a job (data parallel, any command)");
+  sub->add_option("-n,--nproc", a->nproc, "Workers on this node")->required();
+  sub->add_option("--nnodes", a->nnodes, "Nodes in the job")->capture_default_str();
+  sub->add_option("--node-rank", a->node_rank, "This node's index (0 serves the rendezvous)")
+      ->capture_default_str();
+  sub->add_option("--rendezvous", a->rendezvous,
+                  "HOST:PORT of node 0's rendezvous store (default: a free loopback port)");
+  sub->add_option("--max-restarts", a->max_restarts, "Restart a failed worker up to this many times")
+      ->capture_default_str();
+  sub->add_option("--on-failure", a->on_failure,
+                  "stop: terminate the other workers after --grace seconds; continue: let them run")
+      ->check(CLI::IsMember({"stop", "continue"}))
+      ->capture_default_str();
+  sub->add_option("--grace", a->grace_s, "Seconds the others may run on after a failure (stop policy)")
+      ->capture_default_str();
+  sub->add_flag("--no-prefix", a->no_prefix, "Do not prefix output lines with the rank");
+  sub->add_option("cmd", a->cmd, "Command to run after --")->required();
+  sub->footer("Each worker gets BRAID_RANK, BRAID_WORLD_SIZE, BRAID_LOCAL_RANK, BRAID_LOCAL_WORLD_SIZE,\n"
+              "BRAID_NODE_RANK and BRAID_RENDEZVOUS. Example:\n"
+              "  braid launch -n 2 -- braid train examples/default.toml");
+  return [a] { return run_launch(*a); };
+}
+
+}  // namespace
+
+BRAID_COMMAND("launch", 20, setup);
+
+}  // namespace braid::cli
