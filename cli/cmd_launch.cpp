@@ -9,7 +9,7 @@
 #include <map>
 
 #include "cli/command.hpp"
-#include "cli/process_group.hpp"
+#include "core/process_group.hpp"
 #include "comm/bootstrap.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"

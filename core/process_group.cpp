@@ -1,4 +1,4 @@
-#include "cli/process_group.hpp"
+#include "core/process_group.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -16,7 +16,7 @@
 
 extern char** environ;
 
-namespace braid::cli {
+namespace braid {
 
 std::string signal_name(int sig) {
   const char* abbrev = sigabbrev_np(sig);
@@ -219,4 +219,4 @@ void ProcessGroup::terminate_all(double grace_s) {
   }
 }
 
-}  // namespace braid::cli
+}  // namespace braid

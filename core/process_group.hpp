@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-namespace braid::cli {
+namespace braid {
 
 struct ProcessSpec {
   std::vector<std::string> argv;
@@ -73,4 +73,4 @@ class ProcessGroup {
 
 std::string signal_name(int sig);
 
-}  // namespace braid::cli
+}  // namespace braid
