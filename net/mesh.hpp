@@ -18,6 +18,9 @@ namespace braid::net {
 // Faults injected by the transport itself, for tests and demos (the kernel
 // here has no netem). Parsed from BRAID_FAULTS or the config, e.g.
 //   "latency=50ms,rate=100mbit,drop_after=1048576,stall=2s,peers=1"
+// Fields: latency=DURATION, rate=BITRATE, drop_after=BYTES, stall=DURATION,
+// stall_after=BYTES, peers=R[+R...], ranks=R[+R...]. Faults act on what this
+// rank sends (so a latency set on every rank is added once per direction).
 struct FaultSpec {
   double latency_s = 0;          // added one-way delay per message
   double rate_bps = 0;           // bandwidth cap in bits/s (0 = none), per pair
@@ -25,7 +28,12 @@ struct FaultSpec {
   double stall_s = 0;            // stop sending for this long once stall_after_bytes is reached
   uint64_t stall_after_bytes = 0;
   std::vector<int> peers;        // peers the faults apply to (empty = all)
+  std::vector<int> ranks;        // ranks that inject them (empty = all)
   bool any() const { return latency_s > 0 || rate_bps > 0 || drop_after_bytes > 0 || stall_s > 0; }
+  // True if rank `self` injects faults on what it sends to `peer`.
+  bool applies(int self, int peer) const;
+  // The text form (parse(to_string()) gives the same spec).
+  std::string to_string() const;
   // Parses the text form above; throws ConfigError naming the bad field.
   static FaultSpec parse(const std::string& text);
 };
@@ -48,8 +56,14 @@ struct MeshOptions {
   size_t socket_buffer_bytes = 4 << 20;
   size_t unexpected_budget_bytes = 64 << 20;  // per pair
   std::string secret;              // job secret; empty = none (loopback only)
-  FaultSpec faults;
+  FaultSpec faults;                // none set: BRAID_FAULTS is read
   double connect_timeout_s = 60;
+  // Bytes of each direction's ring of a shared-memory pair (power of two).
+  size_t shm_ring_bytes = 1 << 20;
+  // Largest DATA frame and message this rank accepts from a peer; a frame
+  // beyond them is a protocol error that closes the connection.
+  uint32_t max_frame_bytes = 64u << 20;
+  uint64_t max_message_bytes = uint64_t{1} << 40;
 };
 
 class Mesh {

@@ -22,6 +22,9 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/thread.hpp"
+#include "net/auth.hpp"
+#include "net/socket.hpp"
 
 namespace braid::net {
 
@@ -67,29 +70,6 @@ bool decode(const char* p, size_t n, uint8_t& op, std::string& a, std::string& b
   if (off + 4 + lb != n) return false;
   b.assign(p + off + 4, lb);
   return true;
-}
-
-int resolve_and_connect(const HostPort& hp) {
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  int rc = getaddrinfo(hp.host.c_str(), std::to_string(hp.port).c_str(), &hints, &res);
-  if (rc != 0) return -1;
-  int fd = -1;
-  for (addrinfo* ai = res; ai; ai = ai->ai_next) {
-    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
-    if (fd < 0) continue;
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) break;
-    close(fd);
-    fd = -1;
-  }
-  freeaddrinfo(res);
-  if (fd >= 0) {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
-  return fd;
 }
 
 void write_all(int fd, const std::string& s, const Deadline& d) {
@@ -145,20 +125,75 @@ std::string HostPort::str() const { return host + ":" + std::to_string(port); }
 
 // ---------------------------------------------------------------- server
 
+namespace {
+
+// Handshakes run on their own short-lived threads so that a slow or silent
+// client cannot stall the store for everyone; this caps how many at once.
+constexpr size_t kMaxHandshakes = 64;
+constexpr double kHandshakeTimeoutS = 10;
+
+// The first bytes every braid client sends (net/auth.hpp's hello). Checking
+// the prefix that has arrived lets the server drop a client that speaks
+// something else at once instead of after the handshake timeout.
+constexpr char kAuthMagic[8] = {'B', 'R', 'A', 'U', 'T', 'H', '0', '1'};
+
+bool speaks_handshake(int fd, const Deadline& d) {
+  char buf[sizeof kAuthMagic];
+  while (true) {
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return false;
+    if (n > 0) {
+      if (std::memcmp(buf, kAuthMagic, static_cast<size_t>(n)) != 0) return false;
+      if (n == static_cast<ssize_t>(sizeof buf)) return true;
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      return false;
+    }
+    if (d.expired()) return false;
+    // With part of the prefix pending poll() would return at once; nap instead.
+    pollfd p{fd, POLLIN, 0};
+    if (n > 0) usleep(5000);
+    else poll(&p, 1, std::min(d.remaining_ms_for_poll(), 200));
+  }
+}
+
+// Reads what the peer sent before closing, so that the close is an orderly
+// FIN (closing with unread data makes the kernel send a reset instead).
+void drain_and_close(int fd) {
+  char buf[4096];
+  while (recv(fd, buf, sizeof buf, MSG_DONTWAIT) > 0) {
+  }
+  close(fd);
+}
+
+}  // namespace
+
 struct TcpStoreServer::Impl {
   struct Client {
     int fd;
+    uint64_t conn;
     std::string in;
     std::string out;
+  };
+  struct Handshake {
+    std::thread thread;
+    int fd = -1;  // -1 once the thread has handed the fd on or closed it
+    bool done = false;
   };
   int listen_fd = -1;
   int wake_pipe[2] = {-1, -1};
   std::string secret;
+  StoreServerExtension* extension = nullptr;
   std::atomic<bool> stopping{false};
   mutable std::mutex mu;  // guards kv for key_count()
   std::map<std::string, std::string> kv;
   std::map<int, Client> clients;
+  std::map<uint64_t, int> fd_of_conn;
+  uint64_t next_conn = 1;
   std::map<std::string, std::vector<int>> parked;  // key -> fds waiting in GET
+
+  std::mutex hs_mu;  // guards handshakes and ready
+  std::vector<std::unique_ptr<Handshake>> handshakes;
+  std::vector<int> ready;  // authenticated fds for the serving thread to adopt
 
   void reply(Client& c, Status st, const std::string& v) { c.out += encode(st, v, nullptr); }
 
@@ -182,9 +217,15 @@ struct TcpStoreServer::Impl {
       uint8_t op;
       std::string a, b;
       const char* p = c.in.data() + 4;
-      bool two = static_cast<uint8_t>(p[0]) == kSet || static_cast<uint8_t>(p[0]) == kAdd;
+      uint8_t first = static_cast<uint8_t>(p[0]);
+      bool two = first == kSet || first == kAdd || first >= kFirstExtensionOp;
       if (!decode(p, body, op, a, b, two)) return false;
       c.in.erase(0, 4ull + body);
+      if (op >= kFirstExtensionOp) {
+        if (extension) extension->on_request(c.conn, op, a, b);
+        else reply(c, kFailed, "this rendezvous store has no coordinator");
+        continue;
+      }
       std::lock_guard<std::mutex> lock(mu);
       switch (op) {
         case kSet:
@@ -229,20 +270,83 @@ struct TcpStoreServer::Impl {
     return true;
   }
 
+  void adopt(int fd) {
+    uint64_t conn = next_conn++;
+    clients[fd] = Client{fd, conn, {}, {}};
+    fd_of_conn[conn] = fd;
+  }
+
   void drop(int fd) {
     for (auto it = parked.begin(); it != parked.end();) {
       auto& v = it->second;
       v.erase(std::remove(v.begin(), v.end(), fd), v.end());
       it = v.empty() ? parked.erase(it) : std::next(it);
     }
-    clients.erase(fd);
+    auto it = clients.find(fd);
+    uint64_t conn = it == clients.end() ? 0 : it->second.conn;
+    if (it != clients.end()) clients.erase(it);
+    fd_of_conn.erase(conn);
     close(fd);
+    if (conn && extension) extension->on_close(conn);
+  }
+
+  void start_handshake(int fd) {
+    std::lock_guard<std::mutex> lock(hs_mu);
+    // Reap finished handshake threads first so the cap counts live ones.
+    for (auto it = handshakes.begin(); it != handshakes.end();) {
+      if ((*it)->done) {
+        (*it)->thread.join();
+        it = handshakes.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (handshakes.size() >= kMaxHandshakes) {
+      log::warn("rendezvous store: {} connections are already authenticating; refusing {}", handshakes.size(),
+                peer_address(fd));
+      close(fd);
+      return;
+    }
+    auto h = std::make_unique<Handshake>();
+    Handshake* hp = h.get();
+    hp->fd = fd;
+    hp->thread = std::thread([this, hp, fd] {
+      set_thread_name("braid-store-auth");
+      Deadline d = Deadline::in_seconds(kHandshakeTimeoutS);
+      std::string peer = "rendezvous client at " + peer_address(fd);
+      bool ok = false;
+      if (!speaks_handshake(fd, d)) {
+        if (!stopping.load()) log::warn("rendezvous store: refused {}: it does not speak the braid handshake", peer);
+      } else {
+        try {
+          auth_server(fd, secret, d, peer);
+          ok = true;
+        } catch (const AuthError&) {
+          // auth_server has logged the refusal with the peer's address.
+        } catch (const Error& e) {
+          if (!stopping.load()) log::debug("rendezvous store: handshake with {} failed: {}", peer, e.what());
+        }
+      }
+      std::lock_guard<std::mutex> lk(hs_mu);
+      if (ok && !stopping.load()) {
+        ready.push_back(fd);
+        char c = 1;
+        (void)!write(wake_pipe[1], &c, 1);
+      } else {
+        drain_and_close(fd);
+      }
+      hp->fd = -1;
+      hp->done = true;
+    });
+    handshakes.push_back(std::move(h));
   }
 };
 
-TcpStoreServer::TcpStoreServer(const std::string& host, uint16_t port, std::string secret)
+TcpStoreServer::TcpStoreServer(const std::string& host, uint16_t port, std::string secret,
+                               StoreServerExtension* extension)
     : impl_(std::make_unique<Impl>()), host_(host) {
   impl_->secret = std::move(secret);
+  impl_->extension = extension;
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw NetError(fmt::format("cannot create socket: {}", std::strerror(errno)));
   int one = 1;
@@ -278,7 +382,10 @@ TcpStoreServer::TcpStoreServer(const std::string& host, uint16_t port, std::stri
     close(fd);
     throw NetError("cannot create pipe for the rendezvous store");
   }
-  thread_ = std::thread([this] { serve(); });
+  thread_ = std::thread([this] {
+    set_thread_name("braid-store");
+    serve();
+  });
 }
 
 TcpStoreServer::~TcpStoreServer() { stop(); }
@@ -288,8 +395,17 @@ void TcpStoreServer::stop() {
   char c = 1;
   (void)!write(impl_->wake_pipe[1], &c, 1);
   if (thread_.joinable()) thread_.join();
-  for (auto& [fd, cl] : impl_->clients) close(fd);
-  impl_->clients.clear();
+  {
+    // Unblock handshakes still waiting on their clients, then wait for them.
+    std::lock_guard<std::mutex> lock(impl_->hs_mu);
+    for (auto& h : impl_->handshakes)
+      if (h->fd >= 0) shutdown(h->fd, SHUT_RDWR);
+  }
+  for (auto& h : impl_->handshakes) h->thread.join();
+  impl_->handshakes.clear();
+  for (int fd : impl_->ready) close(fd);
+  impl_->ready.clear();
+  while (!impl_->clients.empty()) impl_->drop(impl_->clients.begin()->first);
   close(impl_->listen_fd);
   close(impl_->wake_pipe[0]);
   close(impl_->wake_pipe[1]);
@@ -300,22 +416,43 @@ size_t TcpStoreServer::key_count() const {
   return impl_->kv.size();
 }
 
+void TcpStoreServer::reply(uint64_t conn, bool ok, const std::string& value) {
+  auto it = impl_->fd_of_conn.find(conn);
+  if (it == impl_->fd_of_conn.end()) return;
+  auto c = impl_->clients.find(it->second);
+  if (c != impl_->clients.end()) impl_->reply(c->second, ok ? kOk : kFailed, value);
+}
+
 void TcpStoreServer::serve() {
   Impl& s = *impl_;
   std::vector<pollfd> fds;
+  const int tick_ms = s.extension ? std::max(1, s.extension->tick_interval_ms()) : 1000;
+  int64_t next_tick_ns = now_ns() + int64_t{tick_ms} * 1'000'000;
   while (!s.stopping.load()) {
+    {
+      std::lock_guard<std::mutex> lock(s.hs_mu);
+      for (int fd : s.ready) s.adopt(fd);
+      s.ready.clear();
+    }
     fds.clear();
     fds.push_back({s.listen_fd, POLLIN, 0});
     fds.push_back({s.wake_pipe[0], POLLIN, 0});
     for (auto& [fd, c] : s.clients)
       fds.push_back({fd, static_cast<short>(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
-    if (poll(fds.data(), fds.size(), 1000) < 0 && errno != EINTR) break;
+    int64_t wait_ms = std::max<int64_t>(0, (next_tick_ns - now_ns() + 999'999) / 1'000'000);
+    if (poll(fds.data(), fds.size(), static_cast<int>(std::min<int64_t>(wait_ms, 1000))) < 0 && errno != EINTR)
+      break;
+    if (fds[1].revents & POLLIN) {
+      char buf[64];
+      while (read(s.wake_pipe[0], buf, sizeof buf) > 0) {
+      }
+    }
     if (fds[0].revents & POLLIN) {
       int c = accept4(s.listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (c >= 0) {
         int one = 1;
         setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        s.clients[c] = Impl::Client{c, {}, {}};
+        s.start_handshake(c);
       }
     }
     for (size_t i = 2; i < fds.size(); ++i) {
@@ -344,6 +481,10 @@ void TcpStoreServer::serve() {
       }
       if (bad) s.drop(fd);
     }
+    if (s.extension && now_ns() >= next_tick_ns) {
+      s.extension->on_tick();
+      next_tick_ns = now_ns() + int64_t{tick_ms} * 1'000'000;
+    }
   }
 }
 
@@ -363,15 +504,26 @@ void TcpStore::reconnect(const Deadline& d) {
     close(fd_);
     fd_ = -1;
   }
+  const std::string who = "the rendezvous store at " + addr_.str();
   int delay_ms = 10;
   while (true) {
-    fd_ = resolve_and_connect(addr_);
-    if (fd_ >= 0) return;
-    if (d.expired())
-      throw NetError(fmt::format("cannot reach the rendezvous store at {}", addr_.str()),
-                     "start the job with `braid launch` (node 0 serves the store), or check "
-                     "--rendezvous / BRAID_RENDEZVOUS and that node 0 is up");
-    usleep(static_cast<useconds_t>(delay_ms) * 1000);
+    try {
+      // Non-blocking connect bounded by the deadline: a host that is down or
+      // cut off must not hold a caller (e.g. a heartbeat thread) for minutes.
+      Fd fd = connect_tcp(addr_.host, addr_.port, d, who);
+      set_nodelay(fd.get());
+      auth_client(fd.get(), secret_, d, who);
+      fd_ = fd.release();
+      return;
+    } catch (const AuthError&) {
+      throw;  // a wrong secret does not get better by retrying
+    } catch (const Error& e) {
+      if (d.expired())
+        throw NetError(fmt::format("cannot reach the rendezvous store at {} ({})", addr_.str(), e.what()),
+                       "start the job with `braid launch` (node 0 serves the store), or check "
+                       "--rendezvous / BRAID_RENDEZVOUS and that node 0 is up");
+    }
+    usleep(static_cast<useconds_t>(std::min<int64_t>(delay_ms, d.remaining_ns() / 1'000'000 + 1)) * 1000);
     delay_ms = std::min(delay_ms * 2, 500);
   }
 }
@@ -380,7 +532,7 @@ std::string TcpStore::call(uint8_t op, const std::string& a, const std::string& 
                            uint8_t* status) {
   std::lock_guard<std::mutex> lock(mu_);
   if (fd_ < 0) reconnect(Deadline::in_seconds(30).earlier(d.is_never() ? Deadline::in_seconds(30) : d));
-  bool two = op == kSet || op == kAdd;
+  bool two = op == kSet || op == kAdd || op >= kFirstExtensionOp;
   std::string msg = encode(op, a, two ? &b : nullptr);
   try {
     write_all(fd_, msg, d);
@@ -404,6 +556,16 @@ std::string TcpStore::call(uint8_t op, const std::string& a, const std::string& 
     fd_ = -1;
     throw;
   }
+}
+
+std::string TcpStore::request(uint8_t op, const std::string& key, const std::string& value,
+                              const Deadline& deadline, bool* ok) {
+  if (op < kFirstExtensionOp)
+    throw Error(fmt::format("TcpStore::request: op {} is not an extension op", op));
+  uint8_t st;
+  std::string v = call(op, key, value, deadline, &st);
+  *ok = st == kOk;
+  return v;
 }
 
 void TcpStore::set(const std::string& key, const std::string& value) {

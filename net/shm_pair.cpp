@@ -1,0 +1,572 @@
+#include "net/shm_pair.hpp"
+
+#include <fmt/format.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "net/abort_error.hpp"
+
+namespace braid::net {
+
+namespace {
+
+constexpr size_t kCell = 64;
+constexpr size_t kInlineMax = 32;
+constexpr size_t kMinPiece = 4096;           // do not cut a message into slivers when the ring is nearly full
+constexpr size_t kRecvBudget = 8 << 20;      // bytes consumed per progress() call
+
+struct alignas(64) RecordHeader {
+  uint64_t stamp;  // ring position of this record + 1, stored last
+  uint64_t tag;
+  uint64_t total;
+  uint32_t meta;
+  uint32_t piece;
+  char inline_data[kInlineMax];
+};
+static_assert(sizeof(RecordHeader) == kCell);
+
+size_t record_bytes(size_t piece) { return kCell + (piece <= kInlineMax ? 0 : (piece + kCell - 1) / kCell * kCell); }
+
+uint64_t load_acquire(uint64_t* p) { return std::atomic_ref<uint64_t>(*p).load(std::memory_order_acquire); }
+void store_release(uint64_t* p, uint64_t v) { std::atomic_ref<uint64_t>(*p).store(v, std::memory_order_release); }
+
+}  // namespace
+
+// ------------------------------------------------------------------ control connection
+
+bool ShmControl::on_io(uint32_t) {
+  pair_->flush_notify();
+  if (dead_ || eof_) return false;
+  while (true) {
+    ssize_t r = ::recv(fd_.get(), buf_ + have_, sizeof buf_ - have_, MSG_DONTWAIT);
+    if (r > 0) {
+      have_ += static_cast<size_t>(r);
+      // Parse whole frames.
+      while (have_ >= kFrameHeaderBytes) {
+        FrameLimits lim;
+        lim.max_frame_payload = 0;  // no DATA on a control connection
+        FrameDecode d = decode_frame_header(reinterpret_cast<const uint8_t*>(buf_), have_, pair_->ctx_.epoch, lim);
+        if (d.status == FrameDecode::Invalid || d.header.kind == FrameKind::Data ||
+            d.header.kind == FrameKind::Hello || d.header.kind == FrameKind::HelloAck) {
+          std::string why = d.status == FrameDecode::Invalid
+                                ? d.error
+                                : fmt::format("unexpected {} frame on the shared-memory control connection",
+                                              frame_kind_name(d.header.kind));
+          pair_->on_control_protocol_error(why);
+          pair_->flush_notify();
+          return false;
+        }
+        size_t need = kFrameHeaderBytes + d.header.length;
+        if (have_ < need) break;
+        if (d.status == FrameDecode::Ok) {
+          if (d.header.kind == FrameKind::Abort) {
+            pair_->on_peer_abort(static_cast<AbortKind>(d.header.meta),
+                                 std::string(buf_ + kFrameHeaderBytes, d.header.length));
+          } else if (d.header.kind == FrameKind::Close) {
+            pair_->on_peer_close();
+          }
+        }
+        std::memmove(buf_, buf_ + need, have_ - need);
+        have_ -= need;
+      }
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    eof_ = true;
+    pair_->on_control_eof(r == 0 ? 0 : errno);
+    break;
+  }
+  pair_->flush_notify();
+  return false;
+}
+
+void ShmControl::send_frame(FrameKind kind, uint32_t meta, const std::string& payload) {
+  std::lock_guard<std::mutex> lock(send_mu_);
+  if (write_shut_ || dead_) return;
+  std::string p = payload.size() > 4000 ? payload.substr(0, 4000) : payload;
+  FrameHeader h;
+  h.kind = kind;
+  h.epoch = pair_->ctx_.epoch;
+  h.meta = meta;
+  h.length = static_cast<uint32_t>(p.size());
+  h.total = h.length;
+  std::string frame(kFrameHeaderBytes, '\0');
+  encode_frame_header(h, reinterpret_cast<uint8_t*>(frame.data()));
+  frame += p;
+  try {
+    send_all(fd_.get(), frame.data(), frame.size(), Deadline::in_seconds(1), pair_->who());
+  } catch (const Error& e) {
+    log::debug("could not send {} to {}: {}", frame_kind_name(kind), pair_->who(), e.what());
+  }
+}
+
+void ShmControl::shut_write() {
+  std::lock_guard<std::mutex> lock(send_mu_);
+  if (!write_shut_ && !dead_) ::shutdown(fd_.get(), SHUT_WR);
+  write_shut_ = true;
+}
+
+void ShmControl::shut_down() {
+  std::lock_guard<std::mutex> lock(send_mu_);
+  if (!dead_) ::shutdown(fd_.get(), SHUT_RDWR);
+  dead_ = true;
+  write_shut_ = true;
+}
+
+// ------------------------------------------------------------------ pair
+
+ShmPair::ShmPair(const PairContext& ctx, IoLoop& loop, int peer, std::unique_ptr<ShmSegment> segment,
+                 bool connector, Fd control, std::string addr, const FaultSpec& faults)
+    : ctx_(ctx),
+      loop_(loop),
+      peer_(peer),
+      addr_(std::move(addr)),
+      seg_(std::move(segment)),
+      control_(this, std::move(control)) {
+  ring_ = seg_->ring_bytes();
+  mask_ = ring_ - 1;
+  piece_max_ = std::max<size_t>(ring_ / 4, kMinPiece);
+  int out = connector ? 0 : 1;
+  tx_ring_ = seg_->ring(out);
+  tx_head_ = seg_->head(out);
+  rx_ring_ = seg_->ring(1 - out);
+  rx_head_ = seg_->head(1 - out);
+  posted_.reserve(16);
+  faulty_ = faults.applies(ctx.rank, peer);
+  if (faulty_) gate_ = FaultGate(faults, peer);
+}
+
+ShmPair::~ShmPair() { loop_.remove(control_.fd()); }
+
+void ShmPair::attach() { loop_.add(control_.fd(), &control_, EPOLLIN | EPOLLRDHUP); }
+
+PairStats ShmPair::stats() const {
+  PairStats st;
+  st.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
+  st.bytes_received = bytes_received_.load(std::memory_order_relaxed);
+  st.messages_sent = msgs_sent_.load(std::memory_order_relaxed);
+  st.messages_received = msgs_received_.load(std::memory_order_relaxed);
+  return st;
+}
+
+// ------------------------------------------------------------------ sending
+
+RequestPtr ShmPair::isend(const void* buf, size_t len, Tag tag, uint32_t meta) {
+  auto req = std::make_shared<Request>(ctx_.progress);
+  if (len > ctx_.max_message_bytes)
+    throw Error(fmt::format("message of {} bytes exceeds the transport limit of {} bytes", len,
+                            ctx_.max_message_bytes),
+                "raise MeshOptions::max_message_bytes on every rank, or send it in parts");
+  SendOp op;
+  op.data = static_cast<const char*>(buf);
+  op.len = len;
+  op.tag = tag;
+  op.meta = meta;
+  op.req = req;
+  tx_lock_.lock();
+  if (failed_.load(std::memory_order_acquire)) {
+    tx_lock_.unlock();
+    req->fail(error_);
+    return req;
+  }
+  bytes_sent_.fetch_add(len, std::memory_order_relaxed);
+  msgs_sent_.fetch_add(1, std::memory_order_relaxed);
+  if (faulty_) {
+    if (gate_.latency_ns() > 0) op.not_before = now_ns() + gate_.latency_ns();
+    sendq_.push_back(std::move(op));
+    pump_send();
+  } else if (sendq_.empty()) {
+    // Fast path: straight into the ring, no queueing.
+    bool moved = false;
+    if (write_some(op, &moved)) {
+      tx_lock_.unlock();
+      req->complete();
+      return req;
+    }
+    sendq_.push_back(std::move(op));
+  } else {
+    sendq_.push_back(std::move(op));
+  }
+  bool drop = drop_now_;
+  tx_lock_.unlock();
+  if (drop) drop_by_fault();
+  return req;
+}
+
+bool ShmPair::write_some(SendOp& op, bool* moved) {
+  while (true) {
+    size_t remaining = op.len - op.sent;
+    if (op.started && remaining == 0) return true;
+    size_t piece = std::min(remaining, piece_max_);
+    size_t need = record_bytes(piece);
+    size_t free = ring_ - (tail_ - head_cache_);
+    if (need > free) {
+      head_cache_ = load_acquire(tx_head_);
+      free = ring_ - (tail_ - head_cache_);
+      if (need > free) {
+        if (free < kCell + std::min(remaining, kMinPiece)) return false;
+        size_t fit = (free - kCell) & ~(kCell - 1);
+        if (fit < std::min(remaining, kMinPiece)) return false;
+        piece = std::min(remaining, fit);
+      }
+    }
+    if (faulty_) {
+      int64_t wake = INT64_MAX;
+      bool drop = false;
+      size_t allow = piece == 0 ? 0 : gate_.allowance(piece, now_ns(), &wake, &drop);
+      if (drop) {
+        drop_now_ = true;
+        return false;
+      }
+      if (piece > 0) {
+        if (allow == 0) return false;
+        if (allow < piece) {
+          piece = allow >= remaining ? remaining : (allow & ~(kCell - 1));
+          if (piece == 0) return false;
+        }
+      }
+    }
+    // Write the payload, then the header fields, then publish the stamp.
+    size_t pos = tail_ & mask_;
+    auto* h = reinterpret_cast<RecordHeader*>(tx_ring_ + pos);
+    const char* src = op.data + op.sent;
+    if (piece <= kInlineMax) {
+      if (piece) std::memcpy(h->inline_data, src, piece);
+    } else {
+      size_t p = (pos + kCell) & mask_;
+      size_t first = std::min(piece, ring_ - p);
+      std::memcpy(tx_ring_ + p, src, first);
+      if (piece > first) std::memcpy(tx_ring_, src + first, piece - first);
+    }
+    h->tag = op.tag;
+    h->total = op.len;
+    h->meta = op.meta;
+    h->piece = static_cast<uint32_t>(piece);
+    store_release(&h->stamp, tail_ + 1);
+    tail_ += record_bytes(piece);
+    op.sent += piece;
+    op.started = true;
+    if (faulty_) gate_.sent(piece);
+    *moved = true;
+  }
+}
+
+bool ShmPair::pump_send() {
+  bool moved = false;
+  int64_t now = faulty_ ? now_ns() : 0;
+  while (!sendq_.empty()) {
+    SendOp& op = sendq_.front();
+    if (faulty_ && op.not_before > now) break;
+    if (!write_some(op, &moved)) break;
+    op.req->complete();
+    sendq_.pop_front();
+    moved = true;
+  }
+  return moved;
+}
+
+// ------------------------------------------------------------------ receiving
+
+RequestPtr ShmPair::irecv(void* buf, size_t len, Tag tag, uint32_t meta) {
+  RecvOp op;
+  op.tag = tag;
+  op.dst = static_cast<char*>(buf);
+  op.len = len;
+  op.meta = meta;
+  op.req = std::make_shared<Request>(ctx_.progress);
+  return post_recv(std::move(op));
+}
+
+RequestPtr ShmPair::irecv_reduce(void* dst, const void* local, size_t len, Tag tag, const Combiner& combiner,
+                                 uint32_t meta) {
+  check_combiner(combiner, len);
+  RecvOp op;
+  op.tag = tag;
+  op.dst = static_cast<char*>(dst);
+  op.local = static_cast<const char*>(local);
+  op.len = len;
+  op.meta = meta;
+  op.combiner = combiner;
+  op.req = std::make_shared<Request>(ctx_.progress);
+  return post_recv(std::move(op));
+}
+
+RequestPtr ShmPair::post_recv(RecvOp op) {
+  RequestPtr req = op.req;
+  rx_lock_.lock();
+  if (failed_.load(std::memory_order_acquire)) {
+    rx_lock_.unlock();
+    req->fail(error_);
+    return req;
+  }
+  for (size_t i = 0; i < unexpected_done_.size(); ++i) {
+    if (unexpected_done_[i].tag != op.tag) continue;
+    Unexpected u = std::move(unexpected_done_[i]);
+    unexpected_done_.erase(unexpected_done_.begin() + static_cast<std::ptrdiff_t>(i));
+    unexpected_bytes_ -= u.total;
+    rx_lock_.unlock();
+    if (u.total != op.len || u.meta != op.meta) {
+      req->fail(mismatch_error(peer_, u.total, u.meta, op.len, op.meta));
+    } else {
+      op.deliver(0, u.buf.get(), u.total);
+      req->complete();
+    }
+    return req;
+  }
+  if (cur_.active && cur_.tag == op.tag && !cur_.has_op && !cur_.discard && !cur_.has_late && !cur_.drop_when_done) {
+    if (cur_.total != op.len || cur_.meta != op.meta) {
+      cur_.drop_when_done = true;
+      rx_lock_.unlock();
+      req->fail(mismatch_error(peer_, cur_.total, cur_.meta, op.len, op.meta));
+      return req;
+    }
+    cur_.late = std::move(op);
+    cur_.has_late = true;
+  } else {
+    posted_.push_back(std::move(op));
+  }
+  rx_lock_.unlock();
+  return req;
+}
+
+void ShmPair::deliver(uint64_t off, const char* src, size_t n) {
+  if (n == 0 || cur_.discard) return;
+  if (cur_.has_op) {
+    cur_.op.deliver(off, src, n);
+  } else {
+    std::memcpy(cur_.buf.get() + off, src, n);
+  }
+}
+
+void ShmPair::finish_current() {
+  msgs_received_.fetch_add(1, std::memory_order_relaxed);
+  Current done = std::move(cur_);
+  cur_ = Current();
+  if (done.has_op) {
+    done.op.req->complete();
+  } else if (done.discard) {
+  } else if (done.has_late) {
+    done.late.deliver(0, done.buf.get(), done.total);
+    unexpected_bytes_ -= done.total;
+    done.late.req->complete();
+  } else if (done.drop_when_done) {
+    unexpected_bytes_ -= done.total;
+  } else {
+    unexpected_done_.push_back(Unexpected{done.tag, done.meta, done.total, std::move(done.buf)});
+  }
+}
+
+bool ShmPair::pump_recv(std::string* bad) {
+  bool moved = false;
+  size_t budget = kRecvBudget;
+  while (budget > 0) {
+    auto* h = reinterpret_cast<RecordHeader*>(rx_ring_ + (head_ & mask_));
+    if (load_acquire(&h->stamp) != head_ + 1) break;
+    const uint64_t tag = h->tag;
+    const uint64_t total = h->total;
+    const uint32_t meta = h->meta;
+    const size_t piece = h->piece;
+    if (piece > ring_ - kCell || total > ctx_.max_message_bytes || (piece == 0 && total != 0)) {
+      *bad = fmt::format("ring record with piece {} of a {}-byte message", piece, total);
+      return moved;
+    }
+    if (!cur_.active) {
+      if (piece > total) {
+        *bad = fmt::format("ring record with piece {} larger than its {}-byte message", piece, total);
+        return moved;
+      }
+      size_t match = posted_.size();
+      for (size_t i = 0; i < posted_.size(); ++i)
+        if (posted_[i].tag == tag) {
+          match = i;
+          break;
+        }
+      if (match < posted_.size()) {
+        RecvOp op = std::move(posted_[match]);
+        posted_.erase(posted_.begin() + static_cast<std::ptrdiff_t>(match));
+        if (op.len != total || op.meta != meta) {
+          op.req->fail(mismatch_error(peer_, total, meta, op.len, op.meta));
+          cur_.discard = true;
+        } else {
+          cur_.op = std::move(op);
+          cur_.has_op = true;
+        }
+      } else {
+        // Unexpected: buffer it while the budget lasts, else leave it in the
+        // ring (the sender then blocks: back-pressure) until a receive comes.
+        if (total > 0 && unexpected_bytes_ + total > ctx_.unexpected_budget) break;
+        cur_.buf.reset(new char[total ? total : 1]);
+        unexpected_bytes_ += total;
+      }
+      cur_.active = true;
+      cur_.tag = tag;
+      cur_.meta = meta;
+      cur_.total = total;
+      cur_.got = 0;
+    } else if (tag != cur_.tag || total != cur_.total || meta != cur_.meta || piece > total - cur_.got) {
+      *bad = fmt::format("ring record (tag {:x}, {} bytes) does not continue the message in progress (tag {:x}, {} of {} bytes)",
+                         tag, total, cur_.tag, cur_.got, cur_.total);
+      return moved;
+    }
+    if (cur_.has_op && cur_.op.reduce()) {
+      size_t e = cur_.op.combiner.elem_size;
+      if (cur_.got % e != 0 || (piece % e != 0 && cur_.got + piece != total)) {
+        *bad = fmt::format("ring record splits a {}-byte element", e);
+        return moved;
+      }
+    }
+    if (piece <= kInlineMax) {
+      deliver(cur_.got, h->inline_data, piece);
+    } else {
+      size_t p = (head_ + kCell) & mask_;
+      size_t first = std::min(piece, ring_ - p);
+      deliver(cur_.got, rx_ring_ + p, first);
+      if (piece > first) deliver(cur_.got + first, rx_ring_, piece - first);
+    }
+    cur_.got += piece;
+    head_ += record_bytes(piece);
+    store_release(rx_head_, head_);
+    bytes_received_.fetch_add(piece, std::memory_order_relaxed);
+    budget -= std::min(budget, piece + kCell);
+    moved = true;
+    if (cur_.got == cur_.total) finish_current();
+  }
+  return moved;
+}
+
+bool ShmPair::progress() {
+  if (failed_.load(std::memory_order_acquire)) return false;
+  bool moved = false;
+  bool drop = false;
+  if (tx_lock_.try_lock()) {
+    if (!sendq_.empty()) moved |= pump_send();
+    drop = drop_now_;
+    tx_lock_.unlock();
+  }
+  std::string bad;
+  if (rx_lock_.try_lock()) {
+    moved |= pump_recv(&bad);
+    rx_lock_.unlock();
+  }
+  if (drop) {
+    drop_by_fault();
+    return true;
+  }
+  if (!bad.empty()) {
+    std::string msg = fmt::format("{} wrote a malformed record into shared memory: {}; closing the connection", who(), bad);
+    log::warn("{}", msg);
+    fail(std::make_exception_ptr(ProtocolError(msg, "the peer runs an incompatible braid build, or its memory is corrupted")),
+         Cause::Protocol);
+    control_.shut_down();
+    return true;
+  }
+  return moved;
+}
+
+// ------------------------------------------------------------------ failure
+
+void ShmPair::drop_by_fault() {
+  log::info("fault injection: dropping the connection to rank {} after {} bytes", peer_, gate_.total_sent());
+  fail(std::make_exception_ptr(PeerLost(
+           peer_, fmt::format("connection to {} dropped by fault injection after {} bytes", who(), gate_.total_sent()),
+           "remove drop_after from BRAID_FAULTS")),
+       Cause::PeerLost);
+  control_.shut_down();
+}
+
+void ShmPair::fail(std::exception_ptr err, Cause cause) {
+  std::vector<RequestPtr> reqs;
+  tx_lock_.lock();
+  rx_lock_.lock();
+  if (failed_.load(std::memory_order_acquire)) {
+    rx_lock_.unlock();
+    tx_lock_.unlock();
+    return;
+  }
+  error_ = err;
+  failed_.store(true, std::memory_order_release);
+  while (!sendq_.empty()) {
+    reqs.push_back(sendq_.front().req);
+    sendq_.pop_front();
+  }
+  for (auto& op : posted_) reqs.push_back(op.req);
+  posted_.clear();
+  if (cur_.has_op) reqs.push_back(cur_.op.req);
+  if (cur_.has_late) reqs.push_back(cur_.late.req);
+  cur_ = Current();
+  unexpected_done_.clear();
+  unexpected_bytes_ = 0;
+  rx_lock_.unlock();
+  tx_lock_.unlock();
+  for (auto& r : reqs) r->fail(err);
+  if (cause == Cause::PeerLost || cause == Cause::Protocol || cause == Cause::PeerAbort) {
+    {
+      std::lock_guard<std::mutex> lock(notify_mu_);
+      notify_ = err;
+    }
+    // Callbacks run on the loop thread, never inside a waiter's progress().
+    loop_.post(&control_);
+  }
+}
+
+void ShmPair::flush_notify() {
+  std::exception_ptr e;
+  {
+    std::lock_guard<std::mutex> lock(notify_mu_);
+    e = std::move(notify_);
+    notify_ = nullptr;
+  }
+  if (e && ctx_.on_failure) ctx_.on_failure(peer_, e);
+}
+
+void ShmPair::on_control_eof(int err) {
+  control_.shut_write();
+  if (failed_.load(std::memory_order_acquire) || peer_closed_) return;
+  std::string why = err ? std::strerror(err) : "the peer closed the connection (its process exited or was killed)";
+  log::warn("lost the shared-memory peer {}: {}", who(), why);
+  fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("lost the connection to {}: {}", who(), why),
+                                        "the peer process died; check its log")),
+       Cause::PeerLost);
+}
+
+void ShmPair::on_peer_abort(AbortKind kind, const std::string& text) {
+  log::debug("{} sent ABORT: {}", who(), text);
+  fail(make_abort_error(kind, peer_, text), Cause::PeerAbort);
+}
+
+void ShmPair::on_peer_close() {
+  peer_closed_ = true;
+  fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("{} closed its mesh (it shut down)", who()),
+                                        "the peer left the job; a new membership needs a new mesh")),
+       Cause::PeerClosed);
+  control_.shut_write();
+}
+
+void ShmPair::on_control_protocol_error(const std::string& why) {
+  std::string msg = fmt::format("{} sent a malformed control frame: {}; closing the connection", who(), why);
+  log::warn("{}", msg);
+  fail(std::make_exception_ptr(ProtocolError(msg, "the peer runs an incompatible braid build")), Cause::Protocol);
+  control_.shut_down();
+}
+
+void ShmPair::abort(AbortKind kind, const std::string& message) {
+  if (failed_.load(std::memory_order_acquire)) return;
+  fail(make_abort_error(kind, ctx_.rank, message), Cause::LocalAbort);
+  control_.send_frame(FrameKind::Abort, static_cast<uint32_t>(kind), message);
+}
+
+void ShmPair::begin_close(std::exception_ptr why) {
+  fail(why, Cause::Shutdown);
+  control_.send_frame(FrameKind::Close, 0, {});
+  control_.shut_write();
+}
+
+}  // namespace braid::net
