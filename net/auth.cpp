@@ -115,20 +115,24 @@ void auth_client(int fd, const std::string& secret, const Deadline& deadline, co
   std::memcpy(ns.data(), reply + sizeof kMagic + 2, kNonce);
   std::memcpy(mac_s.data(), reply + sizeof kMagic + 2 + kNonce, kMac);
   Mac expect = hmac(secret, "braid/server", nc, ns);
-  if (CRYPTO_memcmp(expect.data(), mac_s.data(), kMac) != 0)
-    throw AuthError(fmt::format("{} does not know the job secret (its HMAC proof is wrong)", who),
-                    "every rank of a job needs the same BRAID_JOB_SECRET; or the address belongs to "
-                    "another job");
+  const bool server_ok = CRYPTO_memcmp(expect.data(), mac_s.data(), kMac) == 0;
+  // Answer even when the server's proof is wrong, so that the server can tell
+  // (and log) that the two sides hold different secrets. A proof bound to the
+  // server's nonce is of no use to anyone else.
   Mac mac_c = hmac(secret, "braid/client", ns, nc);
   send_all(fd, mac_c.data(), kMac, deadline, who);
-  uint8_t verdict;
+  uint8_t verdict = kVerdictRefused;
   try {
     recv_exact(fd, &verdict, 1, deadline, who);
   } catch (const Timeout&) {
-    throw;
+    if (server_ok) throw;
   } catch (const NetError&) {
     verdict = kVerdictRefused;
   }
+  if (!server_ok)
+    throw AuthError(fmt::format("{} does not know the job secret (its HMAC proof is wrong)", who),
+                    "every rank of a job needs the same BRAID_JOB_SECRET; or the address belongs to "
+                    "another job");
   if (verdict != kVerdictAccepted)
     throw AuthError(fmt::format("{} refused our job secret", who),
                     "every rank of a job needs the same BRAID_JOB_SECRET");

@@ -314,7 +314,7 @@ std::shared_ptr<Mesh> connect_mesh(Store& store, const MeshOptions& in) {
                       "those ranks are slow to start, crashed, or cannot reach " + bind +
                           " (firewall, wrong BRAID_IFACE_ADDR, or a different job secret)");
       }
-      std::string who = "connection from " + from;
+      std::string who = from;
       Deadline hd = deadline.earlier(Deadline::in_seconds(kHandshakeTimeoutS));
       try {
         set_nodelay(fd.get());
@@ -373,7 +373,7 @@ std::shared_ptr<Mesh> connect_mesh(Store& store, const MeshOptions& in) {
             continue;
           }
         }
-        log::warn("rank {}: refused {}: {}", o.rank, who, refuse);
+        log::warn("rank {}: refused the connection from {}: {}", o.rank, who, refuse);
         last_refusal = who + ": " + refuse;
         try {
           send_frame(fd.get(), FrameKind::HelloAck, encode_hello_ack(HelloAck{false, refuse}), o.epoch, hd, who);
@@ -383,7 +383,8 @@ std::shared_ptr<Mesh> connect_mesh(Store& store, const MeshOptions& in) {
         // AuthError is logged by auth_server; a broken or slow stranger must not
         // stop the mesh, so keep accepting.
         last_refusal = who + ": " + e.what();
-        if (!dynamic_cast<const AuthError*>(&e)) log::warn("rank {}: dropped {}: {}", o.rank, who, e.what());
+        if (!dynamic_cast<const AuthError*>(&e))
+          log::warn("rank {}: dropped the connection from {}: {}", o.rank, who, e.what());
       }
     }
   }
