@@ -40,6 +40,12 @@ struct CommOptions {
   double timeout_s = 60;        // default deadline of one collective
   size_t chunk_bytes = 0;       // pipeline chunk; 0 = algorithm's default
   std::string tuning_file;      // table for Algo::Auto; empty = built-in table
+  // Collectives up to this many bytes (the whole vector) run in the calling
+  // thread when nothing is queued: no thread hop, no allocation by the comm
+  // layer. Larger ones go to the communicator's executor thread so that the
+  // caller can overlap them with work.
+  size_t inline_max_bytes = 64 << 10;
+  int chunks_in_flight = 0;     // pipeline window per direction; 0 = default (4)
 };
 
 // Timing of one operation, for measuring how much communication was hidden.
@@ -113,6 +119,7 @@ class Communicator {
 
  private:
   struct Impl;
+  explicit Communicator(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

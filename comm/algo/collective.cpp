@@ -1,0 +1,100 @@
+#include "comm/algo/collective.hpp"
+
+#include "comm/reduce.hpp"
+
+namespace braid::comm {
+
+void* Scratch::get(Slot slot, size_t bytes) {
+  Buffer& b = buffers_[slot];
+  if (b.size < bytes || !b.data) {
+    // Grow geometrically, without initialising: the contents are scratch.
+    size_t want = b.size * 2 > bytes ? b.size * 2 : bytes;
+    if (want < 64) want = 64;
+    b.data.reset(new (std::align_val_t{64}) std::byte[want]);
+    b.size = want;
+  }
+  return b.data.get();
+}
+
+Partition Partition::balanced(size_t count, int n) {
+  Partition p;
+  p.offsets_.resize(static_cast<size_t>(n) + 1);
+  const size_t base = count / static_cast<size_t>(n), extra = count % static_cast<size_t>(n);
+  size_t at = 0;
+  for (int b = 0; b < n; ++b) {
+    p.offsets_[static_cast<size_t>(b)] = at;
+    at += base + (static_cast<size_t>(b) < extra ? 1 : 0);
+  }
+  p.offsets_[static_cast<size_t>(n)] = at;
+  return p;
+}
+
+Partition Partition::equal(size_t count, int n) {
+  Partition p;
+  p.offsets_.resize(static_cast<size_t>(n) + 1);
+  for (int b = 0; b <= n; ++b) p.offsets_[static_cast<size_t>(b)] = count * static_cast<size_t>(b);
+  return p;
+}
+
+size_t Partition::max_len() const {
+  size_t m = 0;
+  for (int b = 0; b < blocks(); ++b) m = len(b) > m ? len(b) : m;
+  return m;
+}
+
+void Collective::reduce(void* dst, const void* a, const void* b, size_t count) const {
+  combine(type, op, dst, a, b, count);
+}
+
+void Collective::finalize_owned(void* p, size_t count) const {
+  if (avg_divisor > 1 && count) from_accumulation(type, p, p, count, avg_divisor);
+}
+
+size_t Collective::chunk_elems() const {
+  size_t e = chunk_bytes / elem;
+  return e ? e : 1;
+}
+
+net::RequestPtr Collective::send(int peer, const void* buf, size_t bytes, uint32_t msg) const {
+  counters_->bytes_sent.fetch_add(bytes, std::memory_order_relaxed);
+  return g_.mesh->pair(g_.mesh_ranks[peer]).isend(buf, bytes, tag(msg), meta_);
+}
+
+net::RequestPtr Collective::recv(int peer, void* buf, size_t bytes, uint32_t msg) const {
+  counters_->bytes_received.fetch_add(bytes, std::memory_order_relaxed);
+  return g_.mesh->pair(g_.mesh_ranks[peer]).irecv(buf, bytes, tag(msg), meta_);
+}
+
+net::RequestPtr Collective::recv_reduce(int peer, void* dst, const void* local, size_t bytes, uint32_t msg,
+                                        bool incoming_first) const {
+  counters_->bytes_received.fetch_add(bytes, std::memory_order_relaxed);
+  return g_.mesh->pair(g_.mesh_ranks[peer])
+      .irecv_reduce(dst, local, bytes, tag(msg), combiner(type, op, incoming_first), meta_);
+}
+
+void Collective::wait(const net::RequestPtr& r) const {
+  if (r) r->wait(deadline_);
+}
+
+void Collective::wait_all(std::vector<net::RequestPtr>& rs) const {
+  for (auto& r : rs) {
+    wait(r);
+    r.reset();
+  }
+}
+
+Collective Collective::subgroup(const std::vector<int>& members, std::vector<int>& mesh_ranks_storage,
+                                uint32_t phase) const {
+  mesh_ranks_storage.clear();
+  int me = -1;
+  for (size_t i = 0; i < members.size(); ++i) {
+    mesh_ranks_storage.push_back(g_.mesh_ranks[members[i]]);
+    if (members[i] == g_.rank) me = static_cast<int>(i);
+  }
+  Collective s(*this);
+  s.g_ = Group{g_.mesh, mesh_ranks_storage.data(), static_cast<int>(members.size()), me};
+  s.msg_base_ = msg_base_ + phase * kPhaseStride;
+  return s;
+}
+
+}  // namespace braid::comm
