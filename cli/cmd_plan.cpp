@@ -173,7 +173,8 @@ int run_plan(PlanArgs a) {
   if (!a.svg.empty()) {
     if (!cross_site) throw ConfigError("--svg draws the cross-site figure, which this plan has not got");
     std::string title = fmt::format("{} on {} × {}: compute utilisation against WAN bandwidth",
-                                    model.name, estimate.gpus, cluster.hardware.name);
+                                    model.name, plan::format_thousands(estimate.gpus),
+                                    cluster.hardware.name);
     std::ofstream out(a.svg);
     out << plan::render_svg(plan::cross_site_chart(*cross_site, title));
     if (!out) throw IoError(fmt::format("cannot write '{}'", a.svg), "check the directory exists and is writable");

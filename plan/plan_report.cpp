@@ -44,20 +44,11 @@ namespace {
 
 std::string percent(double x) { return fmt::format("{:.1f}%", x * 100); }
 std::string gib(double bytes) { return format_size_gib(bytes); }
-std::string with_commas(int64_t n) {
-  std::string digits = std::to_string(n);
-  std::string out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0 && digits[i - 1] != '-') out += ',';
-    out += digits[i];
-  }
-  return out;
-}
 
 std::string cross_site_text(const CrossSiteAnalysis& a) {
   std::string s;
   s += fmt::format("\nbetween sites: {} sites of {} GPUs{}, WAN latency {}\n", a.sites,
-                   with_commas(a.gpus / a.sites),
+                   format_thousands(a.gpus / a.sites),
                    a.hypothetical ? " (the cluster has one site; its job is split for this analysis)" : "",
                    format_duration(a.wan_latency));
   std::string at = a.wan_bandwidth > 0 ? "at " + format_bits_per_s(a.wan_bandwidth) : "";
@@ -153,12 +144,12 @@ std::string format_report(const StepEstimate& e, const std::optional<TokenBudget
   const auto& p = e.plan;
   std::string s;
   s += fmt::format("braid plan: {} ({} parameters) on {} × {} of {}\n", m.name,
-                   format_count(m.total_params()), with_commas(e.gpus), hw.name, c.name);
+                   format_count(m.total_params()), format_thousands(e.gpus), hw.name, c.name);
   std::vector<std::vector<std::string>> head{
       {"layout", p.describe()},
       {"batch", fmt::format("{} sequences × {} tokens = {} tokens per step; micro-batch {}, {} per "
                             "replica",
-                            with_commas(p.global_batch), with_commas(p.seq_len),
+                            format_thousands(p.global_batch), format_thousands(p.seq_len),
                             format_count(e.tokens_per_step), p.micro_batch, e.micro_batches)},
       {"hardware", fmt::format("{} peak × {} efficiency = {} sustained; {} memory",
                                format_flops(hw.peak_flops), format_sig3(hw.efficiency),
@@ -315,7 +306,7 @@ nlohmann::json report_json(const StepEstimate& e, const std::optional<TokenBudge
 std::string format_search(const SearchResult& r, const ModelSpec& model, const ClusterSpec& cluster) {
   std::string s;
   int64_t gpus = r.best.empty() ? cluster.gpus : r.best.front().gpus;
-  s += fmt::format("braid plan --search: {} on {} × {} of {}\n", model.name, with_commas(gpus),
+  s += fmt::format("braid plan --search: {} on {} × {} of {}\n", model.name, format_thousands(gpus),
                    cluster.hardware.name, cluster.name);
   s += fmt::format("  {} layouts considered: {} invalid, {} too big for memory, {} fit; best {} by step time\n\n",
                    r.considered, r.invalid, r.too_big, r.considered - r.invalid - r.too_big, r.best.size());

@@ -36,6 +36,8 @@ SearchResult search_plans(const ModelSpec& model, const ClusterSpec& cluster,
           for (auto rc : {Recompute::None, Recompute::Selective, Recompute::Full})
             for (int64_t v : {int64_t{1}, int64_t{2}, int64_t{4}}) {
               if (pp == 1 && v > 1) continue;
+              // With FlashAttention selective recomputation is the same plan as none.
+              if (base.flash_attention && rc == Recompute::Selective) continue;
               ParallelPlan p = base;
               p.dp = dp;
               p.tp = tp;

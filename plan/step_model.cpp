@@ -41,6 +41,7 @@ MeshOrder parse_mesh_order(const std::string& text) {
 std::string ParallelPlan::describe() const {
   std::string s = fmt::format("dp {} × tp {} × pp {} (order {}), ZeRO-{}, recompute {}", dp, tp, pp,
                               to_string(order), zero, to_string(recompute));
+  if (recompute == Recompute::Selective && flash_attention) s += " (FlashAttention's own)";
   if (pp > 1) {
     s += ", " + to_string(schedule);
     if (schedule == Schedule::Interleaved) s += fmt::format(" (v={})", virtual_stages);
@@ -245,7 +246,12 @@ StepEstimate estimate_step(const ModelSpec& m, const ClusterSpec& c, ParallelPla
   const double h = static_cast<double>(m.d_model);
 
   // --- compute and bubble
-  double layer_hw = layer_hardware_flops_per_token(m, r.seq, p.recompute);
+  // FlashAttention already recomputes the attention core inside its backward
+  // kernel (its cost is in the efficiency factor), so selective recomputation
+  // adds nothing on top of it, in FLOPs as in memory.
+  Recompute flops_mode =
+      p.flash_attention && p.recompute == Recompute::Selective ? Recompute::None : p.recompute;
+  double layer_hw = layer_hardware_flops_per_token(m, r.seq, flops_mode);
   double layer_fwd = layer_forward_flops_per_token(m, r.seq);
   double head_hw = 3.0 * output_forward_flops_per_token(m);
   auto part = partition_layers(m.layers, p.pp, head_hw / layer_hw);

@@ -101,7 +101,8 @@ std::string render_svg(const LineChart& c) {
     s += fmt::format("<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#888\" "
                      "stroke-dasharray=\"4 4\"/>\n",
                      f.left, f.py(y), f.right, f.py(y));
-    s += text(f.right - 6, f.py(y) - 6, label, "end", 11, " fill=\"#666\"");
+    // At the left, where every curve is still low.
+    s += text(f.left + 6, f.py(y) - 6, label, "start", 11, " fill=\"#666\"");
   }
   for (auto& [x, label] : c.x_markers) {
     if (std::log10(x) < f.x0 || std::log10(x) > f.x1) continue;
@@ -148,7 +149,7 @@ LineChart cross_site_chart(const CrossSiteAnalysis& a, const std::string& title)
   c.title = title;
   c.subtitle = fmt::format("{} GPUs over {} sites{}, WAN latency {}; utilisation = time with an "
                            "unlimited WAN / time with this WAN",
-                           a.gpus, a.sites, a.hypothetical ? " (one site split for this figure)" : "",
+                           format_thousands(a.gpus), a.sites, a.hypothetical ? " (one site split for this figure)" : "",
                            format_duration(a.wan_latency));
   c.x_label = "WAN bandwidth per site, each direction";
   c.y_label = "compute utilisation";

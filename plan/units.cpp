@@ -108,6 +108,16 @@ std::string format_sig3(double x) {
   return trim_zeros(fmt::format("{:.3g}", x));
 }
 
+std::string format_thousands(int64_t n) {
+  std::string digits = std::to_string(n);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0 && digits[i - 1] != '-') out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
 double parse_rate(std::string_view text) {
   const char* example = "400 Gbit/s";
   auto [v, unit] = split_number(text, example);

@@ -9,6 +9,7 @@
 // Decimal prefixes (k, M, G, T, P) are powers of 1000; binary ones (Ki, Mi,
 // Gi, Ti) powers of 1024. Every parser throws ConfigError naming the text and
 // showing a correct example.
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -33,6 +34,8 @@ std::string format_size_gib(double bytes);            // "71.3 GiB"
 std::string format_duration(double seconds);          // "312 ms", "6.52 s", "70.2 days"
 std::string format_count(double n);                   // "16.8M", "405B", "1.62T"
 std::string format_flops(double flops_per_s);         // "989 TFLOP/s"
+// 16384 -> "16,384"
+std::string format_thousands(int64_t n);
 // Three significant digits, no unit ("0.412", "12.9", "4096").
 std::string format_sig3(double x);
 

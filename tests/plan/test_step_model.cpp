@@ -66,7 +66,8 @@ TEST(StepModel, SingleGpuComputeIsFlopsOverSustainedRate) {
   auto c = default_cluster(hardware_preset("h100"), 1);
   auto e = estimate_step(m, c, plan_of(1, 1, 1, 8));
   double tokens = 8.0 * 1024;
-  double flops = tokens * (12 * layer_hardware_flops_per_token(m, 1024, Recompute::Selective) +
+  // Selective recomputation (the default) is what FlashAttention does anyway: no extra FLOPs.
+  double flops = tokens * (12 * layer_hardware_flops_per_token(m, 1024, Recompute::None) +
                            3 * output_forward_flops_per_token(m));
   EXPECT_DOUBLE_EQ(e.hardware_flops_per_step, flops);
   EXPECT_NEAR(e.compute, flops / (989e12 * 0.6), 1e-12);
@@ -76,6 +77,27 @@ TEST(StepModel, SingleGpuComputeIsFlopsOverSustainedRate) {
   EXPECT_DOUBLE_EQ(e.mfu, e.model_flops_per_step / (989e12 * e.step_time));
   EXPECT_DOUBLE_EQ(e.tokens_per_second, tokens / e.step_time);
   EXPECT_EQ(e.micro_batches, 8);
+}
+
+// Without FlashAttention, selective recomputation re-runs the attention core:
+// 4·s·(heads·head_dim) FLOPs per token and layer more, and stores no scores.
+TEST(StepModel, SelectiveRecomputeWithEagerAttention) {
+  auto m = load_model("gpt2-124m");
+  auto c = default_cluster(hardware_preset("h100"), 1);
+  auto p = plan_of(1, 1, 1, 8);
+  p.flash_attention = false;
+  p.recompute = Recompute::None;
+  auto none = estimate_step(m, c, p);
+  p.recompute = Recompute::Selective;
+  auto selective = estimate_step(m, c, p);
+  EXPECT_DOUBLE_EQ(selective.hardware_flops_per_step - none.hardware_flops_per_step,
+                   8.0 * 1024 * 12 * 4.0 * 1024 * 768);
+  EXPECT_DOUBLE_EQ(selective.model_flops_per_step, none.model_flops_per_step);
+  EXPECT_LT(selective.memory.activations, none.memory.activations);
+  p.flash_attention = true;  // with FlashAttention the two are the same plan
+  auto flash = estimate_step(m, c, p);
+  p.recompute = Recompute::None;
+  EXPECT_DOUBLE_EQ(flash.hardware_flops_per_step, estimate_step(m, c, p).hardware_flops_per_step);
 }
 
 // Bubble over compute is (p-1)/m, and (p-1)/(v·m) interleaved.
@@ -136,7 +158,7 @@ TEST(StepModel, DataParallelHidesBehindBackward) {
   // The window is the backward of the (only) micro-batch.
   auto e = estimate_step(m, c, p);
   double t_bwd = e.compute * (1 - layer_forward_flops_per_token(m, 8192) /
-                                      layer_hardware_flops_per_token(m, 8192, Recompute::Selective));
+                                      layer_hardware_flops_per_token(m, 8192, Recompute::None));
   for (double o : {1.0, 0.2, 0.0}) {
     p.overlap.dp = o;
     auto with_overlap = estimate_step(m, c, p);

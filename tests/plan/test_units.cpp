@@ -81,4 +81,8 @@ TEST(Units, Formatting) {
   EXPECT_EQ(format_sig3(0.4123), "0.412");
   EXPECT_EQ(format_sig3(4096), "4096");
   EXPECT_EQ(format_duration(INFINITY), "never");
+  EXPECT_EQ(format_thousands(16384), "16,384");
+  EXPECT_EQ(format_thousands(525312), "525,312");
+  EXPECT_EQ(format_thousands(999), "999");
+  EXPECT_EQ(format_thousands(-1234567), "-1,234,567");
 }
