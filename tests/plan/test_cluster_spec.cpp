@@ -6,6 +6,7 @@
 
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "plan/calibration.hpp"
 #include "plan/cluster_spec.hpp"
 #include "plan/preset_files.hpp"
 
@@ -184,4 +185,33 @@ TEST(ClusterSpec, WithSitesSplitsEvenly) {
   EXPECT_EQ(c.gpus_per_site(), 12288);
   EXPECT_EQ(c.pod_gpus, 3072);
   EXPECT_THROW(with_sites(c, 5), ConfigError);
+}
+
+// What --calibrate will do once the measurements exist: measurements -> cluster
+// -> file -> cluster, and the planner runs on it for 1 and 2 workers.
+TEST(Calibration, MeasurementsBecomeAClusterFile) {
+  CalibrationMeasurements m;
+  m.host = "box";
+  m.date = "2025-01-01T00:00:00Z";
+  m.workers = 2;
+  m.matmul_flops = 80e9;
+  m.matmul_size = 1024;
+  m.step_efficiency = 0.7;
+  m.memory_bytes = 12.0 * (1 << 30);
+  m.transports["shm"] = {3e9, 5e-6, "all_reduce busbw at 64 MiB"};
+  m.transports["tcp"] = {1e9, 40e-6, ""};
+  auto c = cluster_from_measurements(m);
+  EXPECT_EQ(c.gpus, 2);
+  EXPECT_DOUBLE_EQ(c.hardware.peak_flops, 80e9);
+  EXPECT_DOUBLE_EQ(c.hardware.sustained_flops(), 56e9);
+  EXPECT_DOUBLE_EQ(c.scale_up.bandwidth, 3e9);
+  EXPECT_EQ(c.scale_out.transport, "tcp");
+  auto path = write_temp("calibrated.toml", cluster_to_toml(c));
+  auto back = load_cluster(path);
+  EXPECT_TRUE(back.calibration.present);
+  EXPECT_NEAR(back.hardware.sustained_flops(), 56e9, 1e-3);
+  EXPECT_NEAR(back.scale_up.latency, 5e-6, 1e-15);
+  EXPECT_EQ(back.transports.size(), 2u);
+  m.transports.erase("tcp");
+  EXPECT_THROW(cluster_from_measurements(m), ConfigError);
 }

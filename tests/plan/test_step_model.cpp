@@ -283,3 +283,36 @@ TEST(StepModel, DefaultsAreResolved) {
   EXPECT_DOUBLE_EQ(budget.gpu_hours, budget.seconds * 64 / 3600);
   EXPECT_DOUBLE_EQ(budget.flops_6nd, 6 * m.total_params() * 1e12);
 }
+
+// The example job on a calibrated host (what `braid bench plan` will compare
+// with measured steps): data parallel over 1 and 2 workers on shared memory.
+TEST(StepModel, CalibratedHostRunsTheExampleShapes) {
+  ClusterSpec host = default_cluster(hardware_preset("h100"), 2);
+  host.hardware.peak_flops = 80e9;
+  host.hardware.efficiency = 0.7;
+  host.hardware.memory = 12.0 * (1 << 30);
+  host.domain_size = 2;
+  host.scale_up = {"shm", 3e9, 5e-6};
+  host.scale_out = {"tcp", 1e9, 40e-6};
+  ModelSpec m;
+  m.name = "tiny";
+  m.layers = 4;
+  m.d_model = 256;
+  m.heads = 4;
+  m.kv_heads = 4;
+  m.ffn = 1024;
+  m.vocab = 4096;
+  m.context = 256;
+  auto one = estimate_step(m, host, plan_of(1, 1, 1, 16));
+  auto two = estimate_step(m, host, plan_of(2, 1, 1, 16));
+  EXPECT_NEAR(two.compute, one.compute / 2, 1e-15);
+  ASSERT_NE(row(two, "data parallel"), nullptr);
+  EXPECT_NEAR(row(two, "data parallel")->total,
+              ring_reduce_scatter_time(m.total_params() * 4, 2, 3e9, 5e-6) +
+                  ring_reduce_scatter_time(m.total_params() * 2, 2, 3e9, 5e-6),
+              1e-12);
+  auto tp2 = estimate_step(m, host, plan_of(1, 2, 1, 16));
+  EXPECT_NE(row(tp2, "tensor parallel"), nullptr);
+  auto pp2 = estimate_step(m, host, plan_of(1, 1, 2, 16));
+  EXPECT_GT(pp2.bubble, 0);
+}
