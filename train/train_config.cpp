@@ -1,0 +1,179 @@
+#include "train/train_config.hpp"
+
+#include <fmt/format.h>
+
+#include <sstream>
+
+#include "core/bytes.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+
+namespace braid::train {
+namespace {
+
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) out += fmt::format("\\u{:04x}", c);
+        else out += c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string toml_list(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + toml_string(v[i]);
+  return out + "]";
+}
+
+// Sizes may be written as numbers of bytes or as text ("25M"); the error names the key.
+uint64_t get_bytes(Config& doc, const std::string& key, uint64_t def) {
+  if (!doc.has(key)) {
+    doc.get_string(key, "");  // marks the key as known
+    return def;
+  }
+  std::string text = doc.get_string(key, "");
+  try {
+    return parse_bytes(text);
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("{}: '{}' = '{}' is not a size", doc.source(), key, text),
+                      "write a byte count or a size such as 512K, 25M, 1G");
+  }
+}
+
+}  // namespace
+
+TrainConfig TrainConfig::from(Config& doc) {
+  try {
+    return from_unchecked(doc);
+  } catch (const ConfigError& e) {
+    if (!e.hint().empty()) throw;
+    throw ConfigError(e.what(), "docs/training.md lists every key with its default and allowed values");
+  }
+}
+
+TrainConfig TrainConfig::from_unchecked(Config& doc) {
+  TrainConfig c;
+  const auto& src = doc.source();
+
+  auto& m = c.model;
+  m.vocab_size = doc.get_int("model.vocab_size", m.vocab_size, 2, 65536);
+  m.context = doc.get_int("model.context", m.context, 1, 1 << 16);
+  m.layers = doc.get_int("model.layers", m.layers, 1, 1024);
+  m.width = doc.get_int("model.width", m.width, 1, 1 << 16);
+  m.heads = doc.get_int("model.heads", m.heads, 1, 1024);
+  m.mlp_ratio = doc.get_int("model.mlp_ratio", m.mlp_ratio, 1, 64);
+  m.init_std = doc.get_double("model.init_std", m.init_std, 1e-6, 1.0);
+  if (m.width % m.heads != 0)
+    throw ConfigError(fmt::format("{}: 'model.width' = {} is not divisible by 'model.heads' = {}",
+                                  src, m.width, m.heads),
+                      "choose heads that divide width, e.g. width 128 with 4 heads");
+
+  auto& d = c.data;
+  d.paths = doc.get_string_list("data.paths", d.paths);
+  if (d.paths.empty())
+    throw ConfigError(fmt::format("{}: 'data.paths' is missing or empty", src),
+                      "name the training text, e.g. paths = [\"/usr/share/games/fortunes\"]");
+  d.exclude = doc.get_string_list("data.exclude", d.exclude);
+  d.format = doc.get_choice("data.format", d.format, {"bytes", "uint16"});
+  d.val_fraction = doc.get_double("data.val_fraction", d.val_fraction, 0.0, 0.5);
+  if (d.format == "bytes" && m.vocab_size != 256)
+    throw ConfigError(fmt::format("{}: 'model.vocab_size' = {} but data.format = 'bytes' has 256 symbols",
+                                  src, m.vocab_size),
+                      "set model.vocab_size = 256 for byte-level text");
+
+  auto& o = c.optim;
+  o.lr = doc.get_double("optim.lr", o.lr, 0.0, 10.0);
+  o.min_lr = doc.get_double("optim.min_lr", o.min_lr, 0.0, 10.0);
+  o.warmup_steps = doc.get_int("optim.warmup_steps", o.warmup_steps, 0, INT64_MAX / 2);
+  o.weight_decay = doc.get_double("optim.weight_decay", o.weight_decay, 0.0, 10.0);
+  o.beta1 = doc.get_double("optim.beta1", o.beta1, 0.0, 0.999999);
+  o.beta2 = doc.get_double("optim.beta2", o.beta2, 0.0, 0.999999999);
+  o.eps = doc.get_double("optim.eps", o.eps, 1e-30, 1.0);
+  o.grad_clip = doc.get_double("optim.grad_clip", o.grad_clip, 0.0, 1e12);
+  if (o.min_lr > o.lr)
+    throw ConfigError(fmt::format("{}: 'optim.min_lr' = {} is above 'optim.lr' = {}", src, o.min_lr, o.lr),
+                      "min_lr is where the cosine decay ends; keep it at or below lr");
+
+  auto& t = c.train;
+  t.steps = doc.get_int("train.steps", t.steps, 1, INT64_MAX / 2);
+  t.batch_size = doc.get_int("train.batch_size", t.batch_size, 1, 1 << 20);
+  t.grad_accum = doc.get_int("train.grad_accum", t.grad_accum, 1, 1 << 20);
+  t.seed = static_cast<uint64_t>(doc.get_int("train.seed", static_cast<int64_t>(t.seed), 0, INT64_MAX));
+  t.eval_every = doc.get_int("train.eval_every", t.eval_every, 0, INT64_MAX / 2);
+  t.eval_batches = doc.get_int("train.eval_batches", t.eval_batches, 1, 1 << 20);
+  t.log_every = doc.get_int("train.log_every", t.log_every, 1, INT64_MAX / 2);
+  t.threads = doc.get_int("train.threads", t.threads, 0, 4096);
+  t.sample_tokens = doc.get_int("train.sample_tokens", t.sample_tokens, 0, 1 << 20);
+  t.sample_prompt = doc.get_string("train.sample_prompt", t.sample_prompt);
+  t.sample_temperature = doc.get_double("train.sample_temperature", t.sample_temperature, 1e-3, 100.0);
+  t.sample_top_k = doc.get_int("train.sample_top_k", t.sample_top_k, 0, 1 << 20);
+  if (t.sample_prompt.empty())
+    throw ConfigError(fmt::format("{}: 'train.sample_prompt' is empty", src),
+                      "give at least one character (the default is a newline)");
+
+  auto& p = c.parallel;
+  p.bucket_bytes = get_bytes(doc, "parallel.bucket_size", p.bucket_bytes);
+  p.overlap = doc.get_bool("parallel.overlap", p.overlap);
+  p.algo = doc.get_choice("parallel.algo", p.algo, {"auto", "ring", "rhd", "tree", "hier"});
+  p.timeout_s = doc.get_double("parallel.timeout_s", p.timeout_s, 0.001, 1e6);
+
+  auto& r = c.run;
+  r.dir = doc.get_string("run.dir", r.dir);
+  r.name = doc.get_string("run.name", r.name);
+  r.progress = doc.get_bool("run.progress", r.progress);
+  if (r.name.empty() || r.name.find('/') != std::string::npos)
+    throw ConfigError(fmt::format("{}: 'run.name' = '{}' is not a plain name", src, r.name),
+                      "use letters, digits, '-' or '_' (it becomes part of a directory name)");
+
+  doc.finish();
+  return c;
+}
+
+std::string TrainConfig::to_toml() const {
+  std::ostringstream s;
+  s << "# Resolved configuration of this run (defaults included).\n";
+  s << "[model]\n"
+    << fmt::format("vocab_size = {}\ncontext = {}\nlayers = {}\nwidth = {}\nheads = {}\nmlp_ratio = {}\n",
+                   model.vocab_size, model.context, model.layers, model.width, model.heads,
+                   model.mlp_ratio)
+    << fmt::format("init_std = {}\n\n", model.init_std);
+  s << "[data]\n"
+    << "paths = " << toml_list(data.paths) << "\n"
+    << "exclude = " << toml_list(data.exclude) << "\n"
+    << "format = " << toml_string(data.format) << "\n"
+    << fmt::format("val_fraction = {}\n\n", data.val_fraction);
+  s << "[optim]\n"
+    << fmt::format("lr = {}\nmin_lr = {}\nwarmup_steps = {}\nweight_decay = {}\n", optim.lr,
+                   optim.min_lr, optim.warmup_steps, optim.weight_decay)
+    << fmt::format("beta1 = {}\nbeta2 = {}\neps = {}\ngrad_clip = {}\n\n", optim.beta1, optim.beta2,
+                   optim.eps, optim.grad_clip);
+  s << "[train]\n"
+    << fmt::format("steps = {}\nbatch_size = {}\ngrad_accum = {}\nseed = {}\n", train.steps,
+                   train.batch_size, train.grad_accum, train.seed)
+    << fmt::format("eval_every = {}\neval_batches = {}\nlog_every = {}\nthreads = {}\n",
+                   train.eval_every, train.eval_batches, train.log_every, train.threads)
+    << fmt::format("sample_tokens = {}\n", train.sample_tokens)
+    << "sample_prompt = " << toml_string(train.sample_prompt) << "\n"
+    << fmt::format("sample_temperature = {}\nsample_top_k = {}\n\n", train.sample_temperature,
+                   train.sample_top_k);
+  s << "[parallel]\n"
+    << fmt::format("bucket_size = {}\noverlap = {}\n", parallel.bucket_bytes, parallel.overlap)
+    << "algo = " << toml_string(parallel.algo) << "\n"
+    << fmt::format("timeout_s = {}\n\n", parallel.timeout_s);
+  s << "[run]\n"
+    << "dir = " << toml_string(run.dir) << "\n"
+    << "name = " << toml_string(run.name) << "\n"
+    << fmt::format("progress = {}\n", run.progress);
+  return s.str();
+}
+
+}  // namespace braid::train

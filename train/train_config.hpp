@@ -1,0 +1,97 @@
+#pragma once
+// Everything a training run is configured by, read from a validated TOML file
+// (core/config.hpp). No LibTorch here, so the CLI and tools can read a run's
+// configuration without the heavy headers.
+//
+//   braid::Config doc = braid::Config::from_file("examples/default.toml");
+//   doc.apply_override("optim.lr=3e-4");
+//   train::TrainConfig cfg = train::TrainConfig::from(doc);  // throws ConfigError
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace braid {
+class Config;
+}
+
+namespace braid::train {
+
+struct ModelConfig {
+  int64_t vocab_size = 256;  // 256 = raw bytes
+  int64_t context = 128;     // tokens per sequence (T)
+  int64_t layers = 4;        // transformer blocks (L)
+  int64_t width = 128;       // model dimension (C)
+  int64_t heads = 4;         // attention heads (H); width % heads == 0
+  int64_t mlp_ratio = 4;     // hidden width of the MLP = mlp_ratio * width
+  double init_std = 0.02;    // std of the normal initialisation of weights
+  int64_t head_dim() const { return width / heads; }
+};
+
+struct DataConfig {
+  // Files or directories (a directory stands for its regular files, sorted by
+  // name; symbolic links inside it are skipped so aliases are not read twice).
+  std::vector<std::string> paths;
+  std::vector<std::string> exclude = {"*.dat"};  // file-name globs skipped in directories
+  std::string format = "bytes";                  // "bytes" (vocab 256) or "uint16" tokens
+  double val_fraction = 0.05;                    // tail of the data held out for validation
+};
+
+struct OptimConfig {
+  double lr = 1e-3;
+  double min_lr = 1e-4;        // end of the cosine decay
+  int64_t warmup_steps = 50;   // linear warm-up from 0
+  double weight_decay = 0.1;   // decoupled (AdamW), on matrices and embeddings only
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;      // global-norm clipping; 0 = off
+};
+
+struct LoopConfig {
+  int64_t steps = 500;          // optimizer steps
+  int64_t batch_size = 16;      // sequences per rank per micro-step
+  int64_t grad_accum = 1;       // micro-steps per optimizer step
+  uint64_t seed = 1337;         // model initialisation, data order and sampling
+  int64_t eval_every = 100;     // steps between validation losses (0 = only at the end)
+  int64_t eval_batches = 8;     // batches (of batch_size, per rank) per validation
+  int64_t log_every = 10;       // progress line interval when stderr is not a terminal
+  int64_t threads = 0;          // LibTorch threads per rank; 0 = available cores / local ranks
+  int64_t sample_tokens = 300;  // text generated at the end (0 = none)
+  std::string sample_prompt = "\n";
+  double sample_temperature = 0.8;
+  int64_t sample_top_k = 40;
+};
+
+struct ParallelConfig {
+  uint64_t bucket_bytes = 25ull << 20;  // gradient bucket size for all-reduce
+  bool overlap = true;                  // launch bucket all-reduces during backward
+  std::string algo = "auto";            // collective algorithm (comm::parse_algo)
+  double timeout_s = 300;               // deadline of one collective
+};
+
+struct RunConfig {
+  std::string dir;            // run directory; empty = runs/<name>-<UTC time>
+  std::string name = "run";
+  bool progress = true;       // live progress line on rank 0
+};
+
+struct TrainConfig {
+  ModelConfig model;
+  DataConfig data;
+  OptimConfig optim;
+  LoopConfig train;
+  ParallelConfig parallel;
+  RunConfig run;
+
+  // Reads every key (with defaults), checks ranges and cross-field rules, and
+  // rejects unknown keys (doc.finish()). Throws ConfigError naming the key.
+  static TrainConfig from(Config& doc);
+  // The fully resolved configuration (defaults included) as TOML, so that a
+  // run directory says exactly what ran.
+  std::string to_toml() const;
+
+ private:
+  static TrainConfig from_unchecked(Config& doc);
+};
+
+}  // namespace braid::train

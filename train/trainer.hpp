@@ -1,0 +1,107 @@
+#pragma once
+// One rank's training step, readable top to bottom (train_step()):
+//
+//   before_step            observers (fault tolerance: join / quorum)
+//   micro-steps            zero grads; for each micro-step: batch, forward,
+//                          backward — the last one's backward launches the
+//                          bucket all-reduces from gradient hooks
+//   gradient sync          wait for the buckets (exposed communication)
+//   after_backward         observers see the averaged gradients (SDC hashes)
+//   loss + grad norm       one small all-reduce: global loss, global norm
+//   before_optimizer_apply observers may veto the update (commit vote, spikes)
+//   optimizer              clipped AdamW over the flat buffers
+//   after_step             observers (checkpoints, metrics)
+//
+// State that a checkpoint needs is explicit: the flat parameter buffer, the
+// optimizer's flat moments and step, the sampler position and the step count.
+#include <optional>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "train/batch_sampler.hpp"
+#include "train/data_parallel.hpp"
+#include "train/flat_adamw.hpp"
+#include "train/gpt_model.hpp"
+#include "train/token_dataset.hpp"
+#include "train/train_config.hpp"
+
+namespace braid::train {
+
+struct StepMetrics {
+  int64_t step = 0;               // number of optimizer steps done, this one included
+  double loss = 0;                // mean training loss over the global batch (nats/token)
+  std::optional<double> val_loss;  // filled by the caller when it evaluates
+  double lr = 0;
+  double grad_norm = 0;           // global L2 norm of the averaged gradient, before clipping
+  double step_s = 0;              // wall time of the step
+  double tokens_per_s = 0;        // global tokens (all ranks) per second
+  double mfu = 0;                 // model FLOPs utilisation against the measured peak
+  double compute_s = 0;           // step_s minus exposed communication
+  double comm_s = 0;              // communication in flight during the step
+  double comm_exposed_s = 0;      // communication the step waited for
+  uint64_t bytes_sent = 0;        // by this rank
+  bool applied = true;            // false if an observer vetoed the update
+};
+
+class Trainer;
+
+// Seams for the features built on the engine; every hook defaults to nothing.
+class StepObserver {
+ public:
+  virtual ~StepObserver() = default;
+  virtual void before_step(Trainer&) {}
+  // Gradients are complete and averaged over the ranks.
+  virtual void after_backward(Trainer&) {}
+  // Return false to skip this step's update (gradients are then discarded).
+  virtual bool before_optimizer_apply(Trainer&, const StepMetrics&) { return true; }
+  virtual void after_step(Trainer&, const StepMetrics&) {}
+};
+
+class Trainer {
+ public:
+  // comm may be null (one process). The dataset must outlive the trainer.
+  Trainer(const TrainConfig& config, const TokenDataset& data, comm::Communicator* comm);
+
+  // One optimizer step: grad_accum micro-steps, gradient sync, update.
+  StepMetrics train_step();
+  // Mean validation loss over the fixed validation windows, across ranks
+  // (bit-identical on every rank). nullopt when there is no validation split.
+  std::optional<double> evaluate();
+  // Text generated from the configured prompt with the configured sampler
+  // settings (deterministic for a given seed and parameters). Local: no comm.
+  std::string sample_text(int64_t tokens);
+
+  void add_observer(StepObserver* o) { observers_.push_back(o); }
+  // Peak of the whole job (sum over ranks), for MFU; 0 leaves MFU at 0.
+  void set_job_peak_flops(double flops_per_s) { job_peak_flops_ = flops_per_s; }
+
+  int64_t step() const { return step_; }
+  void set_step(int64_t s) { step_ = s; }
+  int rank() const { return rank_; }
+  int world_size() const { return world_; }
+  int64_t tokens_per_step() const;  // global
+  const TrainConfig& config() const { return config_; }
+  GptModel& model() { return model_; }
+  FlatAdamW& optimizer() { return optimizer_; }
+  BatchSampler& sampler() { return sampler_; }
+  DataParallel& data_parallel() { return dp_; }
+  comm::Communicator* communicator() { return comm_; }
+
+ private:
+  torch::Tensor load_windows(std::span<const uint16_t> split, const std::vector<uint64_t>& offsets);
+
+  TrainConfig config_;
+  const TokenDataset& data_;
+  comm::Communicator* comm_;
+  int rank_ = 0;
+  int world_ = 1;
+  GptModel model_;
+  FlatAdamW optimizer_;
+  BatchSampler sampler_;
+  DataParallel dp_;
+  std::vector<StepObserver*> observers_;
+  int64_t step_ = 0;
+  double job_peak_flops_ = 0;
+};
+
+}  // namespace braid::train

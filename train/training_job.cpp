@@ -1,0 +1,140 @@
+#include "train/training_job.hpp"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.hpp"
+#include "core/log.hpp"
+#include "train/compute_threads.hpp"
+#include "train/progress_line.hpp"
+#include "train/run_directory.hpp"
+#include "train/trainer.hpp"
+
+namespace braid::train {
+
+JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm, const JobOptions& options) {
+  Stopwatch wall;
+  JobSummary summary;
+  const int rank = comm ? comm->rank() : 0;
+  const int world = comm ? comm->size() : 1;
+  const bool lead = rank == 0;
+
+  summary.threads = compute_threads_for(static_cast<int>(config.train.threads), options.local_ranks);
+  set_compute_threads(summary.threads);
+
+  auto data = TokenDataset::load(config.data, config.model.context, config.model.vocab_size);
+
+  // Calibrate every rank at the same time, as they will compute: ranks that
+  // share cores measure their share, and the job's peak is the sum.
+  if (comm && world > 1) comm->barrier().wait();
+  summary.peak = measure_matmul_peak();
+  std::vector<double> peak = {summary.peak.flops_per_s};
+  all_reduce_sum(comm, peak, config.parallel.timeout_s);
+  summary.job_peak_flops = peak[0];
+
+  Trainer trainer(config, data, comm);
+  trainer.set_job_peak_flops(summary.job_peak_flops);
+  summary.parameters = trainer.model().num_parameters();
+
+  std::unique_ptr<RunDirectory> run_dir;
+  if (lead && options.write_run_dir) {
+    run_dir = std::make_unique<RunDirectory>(config.run.dir.empty() ? default_run_dir(config.run.name)
+                                                                    : config.run.dir);
+    summary.run_dir = run_dir->path();
+    run_dir->write_file("config.toml", config.to_toml());
+  }
+  if (lead) {
+    const auto& m = config.model;
+    log::info("model: {} layers, width {}, {} heads, context {}, vocab {}: {:.2f}M parameters", m.layers,
+              m.width, m.heads, m.context, m.vocab_size, static_cast<double>(summary.parameters) * 1e-6);
+    log::info("data: {} tokens from {} file(s) ({} train, {} validation)", data.size(), data.files().size(),
+              data.train().size(), data.val().size());
+    log::info("job: {} rank(s) x {} thread(s), {} tokens per step ({} x {} x {} accumulation x {} ranks), "
+              "{} gradient bucket(s){}",
+              world, summary.threads, trainer.tokens_per_step(), config.train.batch_size, m.context,
+              config.train.grad_accum, world, trainer.data_parallel().buckets().size(),
+              world > 1 ? (config.parallel.overlap ? ", overlapped with backward" : ", after backward") : "");
+    log::info("MFU is measured against this host's matmul peak, not a datasheet: {} per rank, {:.1f} GFLOP/s "
+              "for the job; {:.1f} MFLOP per token (PaLM formula)",
+              summary.peak.describe(), summary.job_peak_flops * 1e-9, trainer.model().flops_per_token() * 1e-6);
+    if (run_dir) log::info("run directory: {}", run_dir->path());
+  }
+
+  ProgressLine progress(lead && config.run.progress ? options.progress : nullptr, config.train.steps,
+                        config.train.log_every);
+  const int64_t measure_from = std::min(options.measure_from_step, config.train.steps - 1);
+  double time = 0, tokens = 0, comm_s = 0, exposed = 0, mfu_time = 0;
+  int64_t measured = 0;
+  StepMetrics last;
+  while (trainer.step() < config.train.steps) {
+    StepMetrics m = trainer.train_step();
+    const int64_t every = config.train.eval_every;
+    if ((every > 0 && m.step % every == 0) || m.step == config.train.steps) m.val_loss = trainer.evaluate();
+    if (m.step > measure_from) {
+      time += m.step_s;
+      tokens += m.tokens_per_s * m.step_s;
+      mfu_time += m.mfu * m.step_s;
+      comm_s += m.comm_s;
+      exposed += m.comm_exposed_s;
+      ++measured;
+    }
+    if (run_dir) run_dir->append_metrics(m);
+    progress.update(m);
+    last = m;
+  }
+  progress.finish();
+
+  summary.steps = trainer.step();
+  summary.final_loss = last.loss;
+  summary.final_val_loss = last.val_loss;
+  if (measured > 0 && time > 0) {
+    summary.tokens_per_s = tokens / time;
+    summary.mfu = mfu_time / time;
+    summary.step_s = time / static_cast<double>(measured);
+    summary.comm_s = comm_s / static_cast<double>(measured);
+    summary.comm_exposed_s = exposed / static_cast<double>(measured);
+    summary.hidden_fraction = comm_s > 0 ? std::max(0.0, 1.0 - exposed / comm_s) : 0.0;
+  }
+
+  if (lead && config.train.sample_tokens > 0) summary.sample = trainer.sample_text(config.train.sample_tokens);
+  summary.wall_s = wall.seconds();
+
+  if (lead) {
+    log::info("done: {} steps in {}, loss {:.4f}{}, {:.0f} tokens/s, MFU {:.1f}%{}", summary.steps,
+              format_duration(summary.wall_s), summary.final_loss,
+              summary.final_val_loss ? fmt::format(", validation loss {:.4f}", *summary.final_val_loss) : "",
+              summary.tokens_per_s, summary.mfu * 100,
+              world > 1 ? fmt::format(", {:.0f}% of communication hidden behind backward",
+                                      summary.hidden_fraction * 100)
+                        : "");
+  }
+  if (run_dir) {
+    nlohmann::ordered_json j;
+    j["steps"] = summary.steps;
+    j["world_size"] = world;
+    j["threads_per_rank"] = summary.threads;
+    j["parameters"] = summary.parameters;
+    j["tokens_per_step"] = trainer.tokens_per_step();
+    j["flops_per_token"] = trainer.model().flops_per_token();
+    j["peak_flops_per_rank"] = summary.peak.flops_per_s;
+    j["peak_description"] = summary.peak.describe();
+    j["job_peak_flops"] = summary.job_peak_flops;
+    j["final_loss"] = summary.final_loss;
+    if (summary.final_val_loss) j["final_val_loss"] = *summary.final_val_loss;
+    j["tokens_per_s"] = summary.tokens_per_s;
+    j["mfu"] = summary.mfu;
+    j["comm_hidden_fraction"] = summary.hidden_fraction;
+    j["buckets"] = trainer.data_parallel().buckets().size();
+    j["wall_s"] = summary.wall_s;
+    run_dir->write_file("summary.json", j.dump(2) + "\n");
+    if (!summary.sample.empty()) run_dir->write_file("sample.txt", summary.sample + "\n");
+  }
+  if (lead && options.print_sample && !summary.sample.empty())
+    std::printf("--- sample (%lld tokens) ---\n%s\n---\n", static_cast<long long>(config.train.sample_tokens),
+                summary.sample.c_str());
+  std::fflush(stdout);
+  return summary;
+}
+
+}  // namespace braid::train
