@@ -42,6 +42,7 @@ World init_world(const InitOptions& o) {
   log::set_rank(w.info.size > 1 ? w.info.rank : -1);
   CommOptions copts = o.comm;
   copts.timeout_s = env::get_double("BRAID_COMM_TIMEOUT", copts.timeout_s);
+  if (copts.tuning_file.empty()) copts.tuning_file = env::get_or("BRAID_TUNING_FILE", "");
   if (w.info.size == 1) {
     w.store = std::make_shared<net::MemStore>();
     w.comm = std::make_unique<Communicator>(net::connect_inproc(net::make_inproc_hub(1), 0, o.epoch), copts);

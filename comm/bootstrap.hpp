@@ -41,7 +41,8 @@ struct InitOptions {
   uint32_t epoch = 0;
   // Defaults come from the environment: BRAID_TRANSPORT (auto|tcp|shm),
   // BRAID_STREAMS (TCP connections per peer), BRAID_FAULTS (see net::FaultSpec),
-  // BRAID_COMM_TIMEOUT (seconds per collective).
+  // BRAID_COMM_TIMEOUT (seconds per collective), BRAID_TUNING_FILE (table for
+  // Algo::Auto written by `braid bench comm --tune`).
   std::string transport;
   int streams_per_peer = 0;
   double connect_timeout_s = 120;

@@ -11,11 +11,14 @@
 // since shared memory has no progress thread.
 //
 // Failures. Every operation has a deadline, set when it starts running. The
-// first failure of any kind (Timeout, Mismatch, PeerLost, Aborted) is
+// first failure of an operation (Timeout, Mismatch, PeerLost, Aborted) is
 // recorded in the FailureState shared by this communicator and its
 // subgroups and spread with Mesh::abort, so every peer's pending requests
 // fail with the same kind and every rank throws the same error; queued and
-// later operations fail at once with it.
+// later operations fail at once with it. A lost pair reported by the
+// transport (Mesh::on_pair_failure) is recorded the same way, so nothing
+// new starts; the operation in flight fails through its own requests if it
+// needs that peer.
 #include "comm/communicator.hpp"
 
 #include <fmt/format.h>
@@ -443,7 +446,7 @@ Communicator::Communicator(std::shared_ptr<net::Mesh> mesh, CommOptions options)
   m.mesh->on_pair_failure([weak](int peer, std::exception_ptr e) {
     if (auto f = weak.lock()) {
       if (!e) e = std::make_exception_ptr(PeerLost(peer, fmt::format("connection to rank {} failed", peer)));
-      f->fail(e, /*from_transport_thread=*/true);
+      f->fail(e, /*spread=*/false);  // see FailureState::fail
     }
   });
 }

@@ -1,7 +1,5 @@
 #include "comm/work.hpp"
 
-#include <thread>
-
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/thread.hpp"
@@ -34,25 +32,17 @@ std::string message_of(const std::exception_ptr& e) {
 }
 }  // namespace
 
-std::exception_ptr FailureState::fail(std::exception_ptr e, bool from_transport_thread) {
+std::exception_ptr FailureState::fail(std::exception_ptr e, bool spread) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (error_) return error_;
     error_ = e;
     failed_.store(true, std::memory_order_release);
   }
-  // Spread it: every peer's pending requests fail with the same kind, and so
-  // do ours, which interrupts whatever this rank is waiting for.
-  const net::AbortKind kind = abort_kind_of(e);
   const std::string msg = message_of(e);
   log::debug("collective group failed: {}", msg);
-  if (from_transport_thread) {
-    std::weak_ptr<net::Mesh> weak = mesh_;
-    std::thread([weak, kind, msg] {
-      if (auto m = weak.lock()) m->abort(kind, msg);
-    }).detach();
-  } else if (auto m = mesh_.lock()) {
-    m->abort(kind, msg);
+  if (spread) {
+    if (auto m = mesh_.lock()) m->abort(abort_kind_of(e), msg);
   }
   return e;
 }

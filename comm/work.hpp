@@ -36,11 +36,17 @@ struct OpDesc {
 class FailureState {
  public:
   explicit FailureState(std::weak_ptr<net::Mesh> mesh) : mesh_(std::move(mesh)) {}
-  // Records `e` if it is the first failure and tells every peer (Mesh::abort
-  // with the matching kind). `from_transport_thread`: called back by the
-  // transport, which must not be re-entered — the abort runs on a helper
-  // thread. Returns the failure that stands (the first one).
-  std::exception_ptr fail(std::exception_ptr e, bool from_transport_thread = false);
+  // Records `e` if it is the first failure and, when `spread`, tells every
+  // peer (Mesh::abort with the matching kind), which also fails this rank's
+  // pending requests. Returns the failure that stands (the first one).
+  //
+  // A failed operation spreads (its peers may be waiting for it). A pair
+  // failure reported by the transport is only recorded: the operation in
+  // flight fails by itself if it needs that peer (its requests fail, and it
+  // spreads), and may still finish if it does not — a peer that closes its
+  // mesh right after the last collective is a normal end of a job, not a
+  // reason to break the collectives still finishing elsewhere.
+  std::exception_ptr fail(std::exception_ptr e, bool spread = true);
   std::exception_ptr error() const;
   bool failed() const { return failed_.load(std::memory_order_acquire); }
 
