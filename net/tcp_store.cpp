@@ -382,6 +382,7 @@ TcpStoreServer::TcpStoreServer(const std::string& host, uint16_t port, std::stri
     close(fd);
     throw NetError("cannot create pipe for the rendezvous store");
   }
+  if (impl_->extension) impl_->extension->on_attach(*this);
   thread_ = std::thread([this] {
     set_thread_name("braid-store");
     serve();

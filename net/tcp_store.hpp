@@ -36,9 +36,13 @@ inline constexpr uint8_t kFirstExtensionOp = 32;
 // server's thread, one at a time, so an extension needs no locking for state
 // that only they touch. A connection has at most one request in flight (the
 // TcpStore client waits for each reply), so replies cannot be reordered.
+class TcpStoreServer;
 class StoreServerExtension {
  public:
   virtual ~StoreServerExtension() = default;
+  // Called once by the server's constructor, before it serves anything, so
+  // that the extension can answer through server.reply().
+  virtual void on_attach(TcpStoreServer& server) { (void)server; }
   // One request with op >= kFirstExtensionOp from connection `conn` (ids are
   // never reused). Answer now or later with TcpStoreServer::reply(), once.
   virtual void on_request(uint64_t conn, uint8_t op, const std::string& key, const std::string& value) = 0;
