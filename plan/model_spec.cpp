@@ -139,7 +139,39 @@ FfnKind parse_ffn_kind(const std::string& s) { return s == "swiglu" ? FfnKind::S
 
 }  // namespace
 
+namespace {
+
+// braid's training engine (train/train_config.cpp) describes its GPT with
+// model.{vocab_size, context, layers, width, heads, mlp_ratio}, with the
+// engine's defaults; the model itself (train/gpt_model.hpp) has learned
+// positions, biases, a GELU MLP and an output layer tied to the embedding.
+ModelSpec model_from_training_config(Config& c) {
+  ModelSpec m;
+  m.source = c.source();
+  m.name = std::filesystem::path(c.source()).stem().string();
+  m.vocab = c.get_int("model.vocab_size", 256, 1, int64_t{1} << 32);
+  m.context = c.get_int("model.context", 128, 1, int64_t{1} << 32);
+  m.layers = c.get_int("model.layers", 4, 1, 100000);
+  m.d_model = c.get_int("model.width", 128, 1, 1 << 24);
+  m.heads = c.get_int("model.heads", 4, 1, 1 << 16);
+  m.kv_heads = m.heads;
+  m.ffn = c.get_int("model.mlp_ratio", 4, 1, 1024) * m.d_model;
+  m.ffn_kind = FfnKind::Gelu;
+  m.tied_embeddings = true;
+  m.learned_positions = true;
+  m.bias = true;
+  m.dropout = false;
+  // The training engine owns and checks every other key of its config.
+  for (auto& k : table_keys(c, "")) c.accept_section(k);
+  c.finish();
+  m.validate();
+  return m;
+}
+
+}  // namespace
+
 ModelSpec model_from_config(Config& c, bool training_config) {
+  if (training_config) return model_from_training_config(c);
   ModelSpec m;
   m.source = c.source();
   std::string stem = std::filesystem::path(c.source()).stem().string();
@@ -161,10 +193,6 @@ ModelSpec model_from_config(Config& c, bool training_config) {
       throw ConfigError(fmt::format("{}: required key '{}' is missing", c.source(), key),
                         "a model needs layers, d_model, heads, vocab and context; "
                         "see plan/presets/models/llama3-8b.toml");
-  if (training_config) {
-    // The training engine owns and checks every other key of its config.
-    for (auto& k : table_keys(c, "")) c.accept_section(k);
-  }
   c.finish();
   m.validate();
   return m;

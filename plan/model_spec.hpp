@@ -77,10 +77,12 @@ double layer_hardware_flops_per_token(const ModelSpec& m, int64_t seq_len, Recom
 // and "example": braid's example training config, examples/default.toml.
 std::vector<std::string> model_preset_names();
 // A preset name or a path to a TOML file: either a plan model file ([model]
-// only, every key checked) or a braid training config (its [model] section).
+// only, every key checked) or a braid training config (any other section),
+// whose [model] is read with the training engine's keys and defaults
+// (vocab_size, context, layers, width, heads, mlp_ratio) as braid's GPT:
+// learned positions, biases, GELU MLP, output layer tied to the embedding.
 ModelSpec load_model(const std::string& name_or_path);
-// Reads [model] from an already parsed document; `training_config` accepts
-// the other sections and keys the training engine owns.
+// Reads [model] from an already parsed document.
 ModelSpec model_from_config(Config& c, bool training_config);
 
 }  // namespace braid::plan

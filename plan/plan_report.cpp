@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/bytes.hpp"
 #include "plan/units.hpp"
 
 namespace braid::plan {
@@ -43,7 +44,8 @@ std::string format_table(const std::vector<std::vector<std::string>>& rows,
 namespace {
 
 std::string percent(double x) { return fmt::format("{:.1f}%", x * 100); }
-std::string gib(double bytes) { return format_size_gib(bytes); }
+// Binary units that suit the size: "71.3 GiB", "1.57 MiB".
+std::string gib(double bytes) { return human_bytes(bytes); }
 
 std::string cross_site_text(const CrossSiteAnalysis& a) {
   std::string s;
@@ -127,7 +129,7 @@ std::string memory_text(const StepEstimate& e) {
   if (m.logits > 0) rows.push_back({"logits (FP32, for the loss)", gib(m.logits), ""});
   rows.push_back({"total", gib(m.total),
                   fmt::format("{} usable ({} × {:.0f}%): {}", gib(m.capacity),
-                              format_size_gib(e.cluster.hardware.memory),
+                              gib(e.cluster.hardware.memory),
                               e.cluster.hardware.usable_memory * 100,
                               m.fits ? "fits" : "DOES NOT FIT")});
   s += format_table(rows, {false, true, false});

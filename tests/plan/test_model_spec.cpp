@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -13,7 +14,7 @@ using namespace braid::plan;
 namespace {
 
 std::string write_temp(const std::string& name, const std::string& text) {
-  auto path = std::filesystem::temp_directory_path() / ("braid_plan_test_" + name);
+  auto path = std::filesystem::temp_directory_path() / ("braid_plan_test_" + std::to_string(::getpid()) + "_" + name);
   std::ofstream(path) << text;
   return path.string();
 }
@@ -88,18 +89,29 @@ TEST(ModelSpec, MissingKeyAndBadShapes) {
   EXPECT_THROW(load_model("/nonexistent/model.toml"), ConfigError);
 }
 
-// A braid training config: [model] is read, the engine's sections are left alone.
+// A braid training config: [model] is read with the engine's keys and
+// defaults, the engine's other sections are left to it.
 TEST(ModelSpec, ReadsTheModelSectionOfATrainingConfig) {
   auto path = write_temp("train.toml",
-                         "[model]\nlayers = 4\nd_model = 128\nheads = 4\ncontext = 256\nvocab = 512\n"
-                         "kind = \"gpt\"\n[train]\nlr = 3e-4\nsteps = 100\n[data]\npath = \"x\"\n");
+                         "[model]\nvocab_size = 256\ncontext = 128\nlayers = 4\nwidth = 128\nheads = 4\n"
+                         "init_std = 0.02\n[train]\nsteps = 100\n[data]\npaths = [\"x\"]\n");
   auto m = load_model(path);
   EXPECT_EQ(m.layers, 4);
   EXPECT_EQ(m.d_model, 128);
-  EXPECT_EQ(m.ffn, 4 * 128);  // default MLP width
+  EXPECT_EQ(m.ffn, 4 * 128);  // mlp_ratio 4
   EXPECT_EQ(m.kv_heads, 4);
-  EXPECT_EQ(m.context, 256);
+  EXPECT_EQ(m.context, 128);
+  EXPECT_EQ(m.vocab, 256);
   EXPECT_EQ(m.ffn_kind, FfnKind::Gelu);
+  // braid's GPT: wte, wpe, 4 blocks with biases, final LayerNorm, tied head.
+  // Per layer: QKV, projection, MLP in and out (12·C²), their biases (9·C) and two LayerNorms (4·C).
+  double per_layer = 12.0 * 128 * 128 + 13.0 * 128;
+  EXPECT_DOUBLE_EQ(m.total_params(), 256.0 * 128 + 128.0 * 128 + 4 * per_layer + 2 * 128);
+  // Missing keys take the engine's defaults, mlp_ratio scales the MLP.
+  auto defaults = load_model(write_temp("train2.toml", "[model]\nmlp_ratio = 2\n[train]\nsteps = 1\n"));
+  EXPECT_EQ(defaults.layers, 4);
+  EXPECT_EQ(defaults.d_model, 128);
+  EXPECT_EQ(defaults.ffn, 256);
 }
 
 // "example" is braid's example training config; when it is absent the error says where it looked.

@@ -2,6 +2,7 @@
 // errors a user sees for bad input. Runs the braid binary built with the plan
 // command only (tests/plan/CMakeLists.txt).
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -27,7 +28,7 @@ std::string slurp(const std::string& path) {
 }
 
 std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("braid_plan_cli_" + name)).string();
+  return (std::filesystem::temp_directory_path() / ("braid_plan_cli_" + std::to_string(::getpid()) + "_" + name)).string();
 }
 
 Result braid_plan(const std::string& args) {

@@ -25,7 +25,7 @@ struct Figure {
 // Llama 3 405B pre-training (Llama Team 2024, table 4): TP 8, PP 16, 8K
 // sequences, 16M-token batches (2,048 sequences) on Meta's H100 cluster,
 // ordered [TP, PP, DP]. The paper uses an interleaved schedule but does not
-// give its depth: we take v = 4 (v = 2 gives 16 % less throughput).
+// give its depth: we take v = 4 (v = 2 gives 15 % less throughput).
 StepEstimate llama3_405b(int64_t gpus) {
   ParallelPlan p;
   p.tp = 8;
