@@ -1,6 +1,7 @@
 // braid launch: starts the local workers of a job, serves the rendezvous store
-// on node 0, prefixes output with the rank, forwards signals, restarts failed
-// workers if asked, and exits non-zero naming every worker that failed.
+// and the coordinator on node 0 (one port), prefixes output with the rank,
+// forwards signals, restarts failed workers if asked, and exits non-zero
+// naming every worker that failed.
 #include <signal.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include "cli/command.hpp"
 #include "core/process_group.hpp"
 #include "comm/bootstrap.hpp"
+#include "coord/coordinator_server.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -32,6 +34,12 @@ struct LaunchArgs {
   double grace_s = 10;
   bool no_prefix = false;
   std::vector<std::string> cmd;
+  // Fault tolerance: where the coordinator runs, and its settings.
+  std::string coordinator = "embedded";
+  int min_replicas = 1;
+  int max_replicas = 0;
+  coord::Timeouts timeouts;
+  bool collective_timeout_given = false;
 };
 
 int run_launch(const LaunchArgs& a) {
@@ -50,19 +58,30 @@ int run_launch(const LaunchArgs& a) {
   if (a.nnodes > 1 && a.rendezvous.empty())
     throw ConfigError("--rendezvous HOST:PORT is required with --nnodes > 1",
                       "use node 0's address and a free port, the same on every node");
+  const bool external = a.coordinator == "external";
+  if (external && a.rendezvous.empty())
+    throw ConfigError("--coordinator external needs --rendezvous HOST:PORT of the running `braid coordinator`");
+  a.timeouts.validate();
 
-  std::unique_ptr<net::TcpStoreServer> server;
+  int world = a.nproc * a.nnodes;
+  // Node 0 serves the store and the coordinator on one port, unless a
+  // standalone `braid coordinator` does (then every node points at it).
+  std::unique_ptr<coord::CoordinatorServer> server;
   std::string rendezvous = a.rendezvous;
-  if (a.node_rank == 0) {
+  if (a.node_rank == 0 && !external) {
     net::HostPort hp = rendezvous.empty() ? net::HostPort{"127.0.0.1", 0} : net::HostPort::parse(rendezvous);
     std::string bind = a.nnodes > 1 ? "0.0.0.0" : hp.host;
-    server = std::make_unique<net::TcpStoreServer>(bind, hp.port, secret);
+    coord::CoordinatorOptions co;
+    co.min_replicas = a.min_replicas;
+    co.max_replicas = a.max_replicas;
+    co.initial_replicas = a.max_replicas > 0 ? std::min(world, a.max_replicas) : world;
+    co.timeouts = a.timeouts;
+    server = std::make_unique<coord::CoordinatorServer>(bind, hp.port, secret, co);
     rendezvous = hp.host + ":" + std::to_string(server->port());
   }
   if (secret.empty() && a.node_rank == 0)
     log::info("no job secret set (BRAID_JOB_SECRET): braid listens on loopback only");
 
-  int world = a.nproc * a.nnodes;
   std::map<int, int> restarts;
   ProcessGroup::LineFn printer;
   if (a.no_prefix) printer = [](int, std::string_view l) {
@@ -82,7 +101,10 @@ int run_launch(const LaunchArgs& a) {
                 {"BRAID_NODE_RANK", std::to_string(a.node_rank)},
                 {"BRAID_NNODES", std::to_string(a.nnodes)},
                 {"BRAID_RENDEZVOUS", rendezvous},
+                {"BRAID_COORDINATOR", rendezvous},
                 {"BRAID_RESTART_COUNT", "0"}};
+    // Workers heartbeat with the coordinator's settings.
+    for (auto& kv : a.timeouts.to_env(a.collective_timeout_given)) spec.env.push_back(kv);
     group.spawn(spec);
   }
 
@@ -174,9 +196,33 @@ std::function<int()> setup(CLI::App& app) {
   sub->add_option("--grace", a->grace_s, "Seconds the others may run on after a failure (stop policy)")
       ->capture_default_str();
   sub->add_flag("--no-prefix", a->no_prefix, "Do not prefix output lines with the rank");
+  sub->add_option("--coordinator", a->coordinator,
+                  "embedded: node 0 runs the coordinator on the rendezvous port; external: a `braid "
+                  "coordinator` runs at --rendezvous")
+      ->check(CLI::IsMember({"embedded", "external"}))
+      ->capture_default_str();
+  sub->add_option("--min-replicas", a->min_replicas, "Below this many live workers the job waits")
+      ->capture_default_str();
+  sub->add_option("--max-replicas", a->max_replicas, "At most this many workers train at once (0: no limit)")
+      ->capture_default_str();
+  sub->add_option("--heartbeat-interval", a->timeouts.heartbeat_interval_s, "Seconds between heartbeats")
+      ->capture_default_str();
+  sub->add_option("--heartbeat-death", a->timeouts.heartbeat_death_s,
+                  "Seconds of silence after which a worker is evicted")
+      ->capture_default_str();
+  sub->add_option("--quorum-wait", a->timeouts.quorum_wait_s,
+                  "Seconds a live worker may lag at a step boundary before it is evicted")
+      ->capture_default_str();
+  sub->add_option("--job-timeout", a->timeouts.job_timeout_s, "Seconds workers wait for a quorum before failing")
+      ->capture_default_str();
+  sub->add_option("--collective-timeout", a->timeouts.collective_s,
+                  "Deadline of one collective (passed as BRAID_COMM_TIMEOUT)")
+      ->capture_default_str()
+      ->each([a](const std::string&) { a->collective_timeout_given = true; });
   sub->add_option("cmd", a->cmd, "Command to run after --")->required();
   sub->footer("Each worker gets BRAID_RANK, BRAID_WORLD_SIZE, BRAID_LOCAL_RANK, BRAID_LOCAL_WORLD_SIZE,\n"
-              "BRAID_NODE_RANK and BRAID_RENDEZVOUS. Example:\n"
+              "BRAID_NODE_RANK, BRAID_RENDEZVOUS (= BRAID_COORDINATOR), BRAID_RESTART_COUNT and the\n"
+              "heartbeat settings (BRAID_HEARTBEAT_*, BRAID_QUORUM_WAIT, BRAID_JOB_TIMEOUT). Example:\n"
               "  braid launch -n 2 -- braid train examples/default.toml");
   return [a] { return run_launch(*a); };
 }
