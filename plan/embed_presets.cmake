@@ -19,11 +19,4 @@ string(APPEND _out "#include \"plan/preset_files.hpp\"\n\nnamespace braid::plan 
 string(APPEND _out "const std::vector<PresetFile>& preset_files() {\n")
 string(APPEND _out "  static const std::vector<PresetFile> files{\n${_body}  };\n  return files;\n}\n\n")
 string(APPEND _out "}  // namespace braid::plan\n")
-# Only touch the output when it changed, so an unrelated re-run rebuilds nothing.
-if(EXISTS ${OUT})
-  file(READ ${OUT} _old)
-  if(_old STREQUAL _out)
-    return()
-  endif()
-endif()
 file(WRITE ${OUT} "${_out}")

@@ -112,8 +112,10 @@ std::string render_svg(const LineChart& c) {
     s += text(f.px(x), f.top - 6, label, "middle", 11, " fill=\"#7a4ea3\"");
   }
 
-  // Series.
-  for (auto& series : c.series) {
+  // Series; the labels of their marks are stepped down one line per series so
+  // that marks close together stay readable.
+  for (size_t si = 0; si < c.series.size(); ++si) {
+    const auto& series = c.series[si];
     std::string pts;
     for (auto& [x, y] : series.points)
       pts += fmt::format("{:.1f},{:.1f} ", f.px(x), f.py(std::clamp(y, f.y0, f.y1)));
@@ -125,7 +127,7 @@ std::string render_svg(const LineChart& c) {
       if (std::log10(pt.first) < f.x0 || std::log10(pt.first) > f.x1) continue;
       s += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"4\" fill=\"{}\"/>\n", f.px(pt.first),
                        f.py(pt.second), series.color);
-      s += text(f.px(pt.first) + 7, f.py(pt.second) + 16, label, "start", 11,
+      s += text(f.px(pt.first) + 7, f.py(pt.second) + 16 + 14.0 * static_cast<double>(si), label, "start", 11,
                 fmt::format(" fill=\"{}\"", series.color).c_str());
     }
   }
