@@ -70,7 +70,7 @@ void WorkState::fail(std::exception_ptr e) {
 }
 
 void WorkState::wait_done() {
-  for (int spin = 0; spin < 4000 && !finished(); ++spin) cpu_relax();
+  for (int spin = 0; spin < 1000 && !finished(); ++spin) cpu_relax();
   while (!finished()) {
     waiters_.fetch_add(1, std::memory_order_seq_cst);
     uint32_t st = state();
