@@ -62,7 +62,9 @@ Client::~Client() {
   if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
 }
 
-std::string Client::call(CoordOp op, const std::string& body, double per_try_s, const char* what) {
+std::string Client::call(CoordOp op, const std::string& body, double per_try_s, const char* what,
+                         net::TcpStore* via) {
+  net::TcpStore& conn = via ? *via : *control_;
   const Deadline give_up = Deadline::in_seconds(options_.timeouts.job_timeout_s);
   Stopwatch lost_for;
   bool lost = false;
@@ -71,7 +73,7 @@ std::string Client::call(CoordOp op, const std::string& body, double per_try_s, 
     std::string reply, error;
     bool ok = false, answered = false;
     try {
-      reply = control_->request(static_cast<uint8_t>(op), op_name(op), body, Deadline::in_seconds(per_try_s), &ok);
+      reply = conn.request(static_cast<uint8_t>(op), op_name(op), body, Deadline::in_seconds(per_try_s), &ok);
       answered = true;
     } catch (const AuthError&) {
       throw;
@@ -121,7 +123,7 @@ void Client::register_now(bool as_new_member, bool again) {
     r.last_world_size = last_world_size_;
   }
   auto reply = decode<RegisterReply>(
-      call(CoordOp::Register, encode(r), options_.timeouts.heartbeat_death_s + 5, "registration"));
+      call(CoordOp::Register, encode(r), options_.timeouts.heartbeat_death_s + 5, "registration", heartbeat_.get()));
   if (reply.heartbeat_death_s > 0 && options_.timeouts.heartbeat_interval_s * 2 > reply.heartbeat_death_s) {
     double interval = reply.heartbeat_death_s / 3;
     log::warn("the coordinator declares a worker dead after {} s of silence, but this worker heartbeats every {} s; "

@@ -119,14 +119,20 @@ class Client {
   void suspend_heartbeats(bool suspend);
 
  private:
-  std::string call(CoordOp op, const std::string& body, double per_try_s, const char* what);
+  // One request with retries until the job timeout while the coordinator is
+  // unreachable; on `via` (default: the control connection).
+  std::string call(CoordOp op, const std::string& body, double per_try_s, const char* what,
+                   net::TcpStore* via = nullptr);
   void register_now(bool as_new_member, bool again);
   void heartbeat_loop();
   void fire_epoch_failed(const std::string& why);
 
   ClientOptions options_;
   std::unique_ptr<net::TcpStore> control_;    // register, quorum, commit, leave (the caller's thread)
-  std::unique_ptr<net::TcpStore> heartbeat_;  // the heartbeat thread's own connection
+  // The heartbeat thread's own connection. Registration goes over it too, so
+  // the coordinator ties the member to it from the start: when it closes
+  // without a leave, the process died.
+  std::unique_ptr<net::TcpStore> heartbeat_;
   double poll_s_ = 1;
 
   mutable std::mutex mu_;  // guards the fields below

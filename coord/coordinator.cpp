@@ -114,7 +114,7 @@ bool Coordinator::in_epoch(uint64_t id) const {
 
 // ---------------------------------------------------------------- requests
 
-RegisterReply Coordinator::on_register(const RegisterRequest& r, uint64_t, double now) {
+RegisterReply Coordinator::on_register(const RegisterRequest& r, uint64_t conn, double now) {
   check_text(r.replica_id, "replica_id", 256, true);
   check_text(r.host, "host", 256, false);
   check_text(r.address, "address", 1024, false);
@@ -140,6 +140,7 @@ RegisterReply Coordinator::on_register(const RegisterRequest& r, uint64_t, doubl
   m.last_world_size = r.last_world_size;
   m.registered_at = now;
   m.last_seen = now;
+  m.heartbeat_conn = conn;  // clients register on their heartbeat connection
   log::info("coordinator: replica {} joined as member {} from {} (restart {}, step {}{})", m.replica_id, m.id,
             m.host.empty() ? "?" : m.host, m.restart_count, m.step,
             m.last_epoch ? fmt::format(", was in epoch {}", m.last_epoch) : std::string());

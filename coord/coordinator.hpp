@@ -27,7 +27,8 @@
 //   epoch: the next quorum forms a new one. Votes naming an older epoch are
 //   answered "stale" and change nothing.
 // - Death: a member silent for heartbeat_death is evicted; one whose
-//   heartbeat connection closes (crash) is evicted at once. An evicted member
+//   heartbeat connection (the one it registered on, or last heartbeated on)
+//   closes without a leave (crash) is evicted at once. An evicted member
 //   is told so on its next message and must register again as a new member.
 #include <cstdint>
 #include <deque>
