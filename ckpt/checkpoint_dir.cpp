@@ -79,6 +79,12 @@ std::vector<StepDir> CheckpointDir::committed_newest_first(std::vector<StepDir>*
                                                            std::string* latest_problem) const {
   std::vector<StepDir> all = list();
   std::optional<int64_t> latest = latest_step(latest_problem);
+  // `latest` naming a directory that is gone is itself a damaged checkpoint:
+  // keep it as the first candidate so the loader reports it instead of
+  // silently resuming from an older one.
+  if (latest && std::none_of(all.begin(), all.end(), [&](auto& d) { return d.step == *latest; }))
+    all.push_back({*latest, step_path(*latest)});
+  std::sort(all.begin(), all.end(), [](auto& a, auto& b) { return a.step < b.step; });
   std::vector<StepDir> out;
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
     if (latest && it->step > *latest) {

@@ -50,7 +50,9 @@ class CheckpointDir {
 
   // The checkpoints a loader may use, newest first: those not newer than
   // `latest` (all of them when there is no valid `latest`). Directories newer
-  // than `latest` are returned in *ignored.
+  // than `latest` are returned in *ignored. If `latest` names a directory that
+  // does not exist, it is still the first entry (so that it is reported as
+  // missing rather than silently passed over).
   std::vector<StepDir> committed_newest_first(std::vector<StepDir>* ignored = nullptr,
                                               std::string* latest_problem = nullptr) const;
 

@@ -29,7 +29,11 @@ namespace {
 
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kBlobAlign = 64;
-constexpr uint64_t kWriteChunk = 8ull << 20;  // bytes per write(2): large enough to stream, small enough to hash hot
+// Bytes per write(2): small enough that the piece just hashed is still in the
+// cache when it is copied to the page cache, large enough to keep syscalls rare.
+constexpr uint64_t kWriteChunk = 1ull << 20;
+// Writeback is started every this many bytes.
+constexpr uint64_t kWritebackChunk = 16ull << 20;
 
 uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
@@ -49,6 +53,50 @@ std::vector<BufferRange> ranges_from_json(const std::string& text, int rank) {
   }
   return out;
 }
+
+// Per-block xxh3 of the segments of a shard file, fed with the file's bytes in
+// order: one pass over the image computes block and whole-file checksums
+// while the data is hot in the cache.
+class ShardHasher {
+ public:
+  explicit ShardHasher(uint64_t block_bytes) : block_(block_bytes) {}
+  void add_segment(uint64_t file_offset, uint64_t size) { segs_.push_back({file_offset, size, {}}); }
+  // Bytes [off, off + len) of the file, in increasing order of off.
+  void feed(uint64_t off, const std::byte* p, uint64_t len) {
+    for (; next_ < segs_.size(); ++next_) {
+      Seg& s = segs_[next_];
+      uint64_t a = std::max(off, s.file_offset), b = std::min(off + len, s.file_offset + s.size);
+      if (a >= b) {
+        if (s.file_offset >= off + len) return;  // starts later
+        continue;  // ended earlier (fully hashed)
+      }
+      while (a < b) {
+        uint64_t n = std::min(b - a, block_ - fill_);
+        cur_.update(p + (a - off), n);
+        fill_ += n;
+        a += n;
+        if (fill_ == block_ || a == s.file_offset + s.size) {
+          s.hashes.push_back(cur_.digest());
+          cur_.reset();
+          fill_ = 0;
+        }
+      }
+      if (b < s.file_offset + s.size) return;  // the segment continues in the next piece
+    }
+  }
+  std::vector<uint64_t> block_hashes(size_t i) const { return segs_[i].hashes; }
+
+ private:
+  struct Seg {
+    uint64_t file_offset, size;
+    std::vector<uint64_t> hashes;
+  };
+  uint64_t block_;
+  std::vector<Seg> segs_;
+  size_t next_ = 0;
+  Xxh3Stream cur_;
+  uint64_t fill_ = 0;
+};
 
 }  // namespace
 
@@ -416,31 +464,33 @@ void Checkpointer::run_job(Job& job) {
       tmp_dir = root / tmp_name;
     }
 
-    // 2. This rank's shard file: the snapshot image, verbatim.
+    // 2. This rank's shard file: the snapshot image, verbatim, hashed on the
+    // way out (see ShardHasher) with writeback started behind the writes.
     ShardResult shard;
     shard.file = {shard_file_name(rank_), rank_, job.file_bytes, 0};
     const std::byte* img = image_.get();
     const auto& writes = write_ranges();
-    for (size_t i = 0; i < writes.size(); ++i) {
-      SegmentRecord seg{shard.file.name, segment_offsets_[i], writes[i].buffer, writes[i].range, {}};
-      for (uint64_t off = 0; off < writes[i].range.size(); off += opts_.block_bytes)
-        seg.block_xxh3.push_back(
-            xxh3_64(img + segment_offsets_[i] + off, std::min(opts_.block_bytes, writes[i].range.size() - off)));
-      shard.segments.push_back(std::move(seg));
-    }
-    for (auto b : job.blobs) {
-      b.xxh3 = xxh3_64(img + b.file_offset, b.bytes);
-      shard.blobs.push_back(b);
-    }
+    ShardHasher hasher(opts_.block_bytes);
+    for (size_t i = 0; i < writes.size(); ++i) hasher.add_segment(segment_offsets_[i], writes[i].range.size());
     fs::path file = tmp_dir / shard.file.name;
     {
       UniqueFd fd = open_file(file, O_WRONLY | O_CREAT | O_TRUNC);
       Xxh3Stream whole;
       bool halfway_checked = false;
+      uint64_t flushed = 0;
       for (uint64_t off = 0; off < job.file_bytes; off += kWriteChunk) {
         size_t n = static_cast<size_t>(std::min(kWriteChunk, job.file_bytes - off));
+        hasher.feed(off, img + off, n);
         whole.update(img + off, n);
         write_all(fd.get(), img + off, n, file);
+        if (opts_.durable && off + n - flushed >= kWritebackChunk) {
+          // Start writing these pages to disk now (asynchronously), so the disk
+          // works while the next pieces are hashed and the final fsync has
+          // little left to wait for.
+          ::sync_file_range(fd.get(), static_cast<off_t>(flushed), static_cast<off_t>(off + n - flushed),
+                            SYNC_FILE_RANGE_WRITE);
+          flushed = off + n;
+        }
         if (!halfway_checked && off + n >= job.file_bytes / 2) {
           halfway_checked = true;
           crash_.maybe_crash(CrashPoint::DuringShardWrite, rank_);
@@ -448,8 +498,18 @@ void Checkpointer::run_job(Job& job) {
       }
       if (job.file_bytes == 0) crash_.maybe_crash(CrashPoint::DuringShardWrite, rank_);
       shard.file.xxh3 = whole.digest();
+      double written_s = total.seconds();
       if (opts_.durable) fsync_file(fd.get(), file);
       close_file(fd, file);
+      log::debug("checkpoint step {}: shard of {} written in {:.3f} s, fsync {:.3f} s", step,
+                 human_bytes(static_cast<double>(job.file_bytes)), written_s, total.seconds() - written_s);
+    }
+    for (size_t i = 0; i < writes.size(); ++i)
+      shard.segments.push_back({shard.file.name, segment_offsets_[i], writes[i].buffer, writes[i].range,
+                                hasher.block_hashes(i)});
+    for (auto b : job.blobs) {
+      b.xxh3 = xxh3_64(img + b.file_offset, b.bytes);
+      shard.blobs.push_back(b);
     }
     write_s = total.seconds();
     crash_.maybe_crash(CrashPoint::AfterShardWrite, rank_);

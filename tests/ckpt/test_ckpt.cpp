@@ -666,3 +666,9 @@ TEST(Saving, BadHoldingsAndOptionsAreConfigErrors) {
   EXPECT_THROW(Checkpointer(options(dir.str()), s.layout, s.held(0, 1, false), 0, 2), ConfigError);  // no store
   EXPECT_THROW(parse_busy_policy("sometimes"), ConfigError);
 }
+
+TEST(Loading, LatestNamingAMissingDirectoryIsReportedAndSkipped) {
+  TwoCheckpoints c;
+  fs::remove_all(c.step_dir(2));
+  c.expect_fallback_to_step1({"step-00000002", "does not exist"});
+}
