@@ -64,6 +64,9 @@ int run_launch(const LaunchArgs& a) {
   a.timeouts.validate();
 
   int world = a.nproc * a.nnodes;
+  if (!external && a.min_replicas > world)
+    throw ConfigError(fmt::format("--min-replicas {} is more than the {} worker(s) of this job", a.min_replicas, world),
+                      "the job would wait forever; lower --min-replicas or start more workers");
   // Node 0 serves the store and the coordinator on one port, unless a
   // standalone `braid coordinator` does (then every node points at it).
   std::unique_ptr<coord::CoordinatorServer> server;
