@@ -304,8 +304,8 @@ struct Communicator::Impl {
   // neighbour's first message and fails with Mismatch instead of waiting.
   void probe(const Collective& c) {
     if (size == 1) return;
-    net::RequestPtr s = c.send((rank + 1) % size, nullptr, 0, 0);
     net::RequestPtr r = c.recv((rank - 1 + size) % size, nullptr, 0, 0);
+    net::RequestPtr s = c.send((rank + 1) % size, nullptr, 0, 0);
     c.wait(r);
     c.wait(s);
   }

@@ -12,8 +12,8 @@ void dissemination_barrier(const Collective& c) {
   const int n = c.size(), r = c.rank();
   uint32_t round = 0;
   for (int dist = 1; dist < n; dist *= 2, ++round) {
-    net::RequestPtr s = c.send((r + dist) % n, nullptr, 0, round);
     net::RequestPtr g = c.recv((r - dist + n) % n, nullptr, 0, round);
+    net::RequestPtr s = c.send((r + dist) % n, nullptr, 0, round);
     c.wait(g);
     c.wait(s);
   }

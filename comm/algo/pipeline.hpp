@@ -54,16 +54,8 @@ void run_pipeline(const Collective& c, size_t M, size_t lag, PostRecv&& post_rec
   };
 
   while (recv_done < M || send_posted < M) {
-    // Forward whatever has arrived, within the send window.
-    while (send_posted < M && send_posted < recv_done + lag) {
-      if (send_posted - send_done >= W) {
-        reap_sends(false);
-        if (send_posted - send_done >= W) break;
-      }
-      sends[send_posted % W] = post_send(send_posted);
-      ++send_posted;
-    }
-    // Keep `window` receives posted ahead.
+    // Keep `window` receives posted ahead (before sending: a message that
+    // finds its receive posted lands in place instead of in a buffer).
     while (recv_posted < M && recv_posted < recv_done + W) {
       long need = recv_needs_send(recv_posted);
       if (need >= 0) {
@@ -73,6 +65,15 @@ void run_pipeline(const Collective& c, size_t M, size_t lag, PostRecv&& post_rec
       }
       recvs[recv_posted % W] = post_recv(recv_posted);
       ++recv_posted;
+    }
+    // Forward whatever has arrived, within the send window.
+    while (send_posted < M && send_posted < recv_done + lag) {
+      if (send_posted - send_done >= W) {
+        reap_sends(false);
+        if (send_posted - send_done >= W) break;
+      }
+      sends[send_posted % W] = post_send(send_posted);
+      ++send_posted;
     }
     if (recv_done < recv_posted) {
       net::RequestPtr& r = recvs[recv_done % W];

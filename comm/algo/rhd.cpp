@@ -74,11 +74,6 @@ void exchange(const Collective& c, int peer, const char* send, size_t send_len, 
   recvs.reserve(cr);
   size_t sp = 0, rp = 0, sd = 0, rd = 0;
   while (sd < cs || rd < cr) {
-    while (sp < cs && sp < sd + W) {
-      size_t lo = send_len * sp / cs, hi = send_len * (sp + 1) / cs;
-      sends.push_back(c.send(peer, send + lo * es, (hi - lo) * es, msg_base + static_cast<uint32_t>(sp)));
-      ++sp;
-    }
     while (rp < cr && rp < rd + W) {
       size_t lo = recv_len * rp / cr, hi = recv_len * (rp + 1) / cr;
       uint32_t msg = msg_base + static_cast<uint32_t>(rp);
@@ -86,6 +81,11 @@ void exchange(const Collective& c, int peer, const char* send, size_t send_len, 
                                             incoming_first)
                             : c.recv(peer, recv_dst + lo * es, (hi - lo) * es, msg));
       ++rp;
+    }
+    while (sp < cs && sp < sd + W) {
+      size_t lo = send_len * sp / cs, hi = send_len * (sp + 1) / cs;
+      sends.push_back(c.send(peer, send + lo * es, (hi - lo) * es, msg_base + static_cast<uint32_t>(sp)));
+      ++sp;
     }
     if (rd < cr) {
       c.wait(recvs[rd]);
@@ -162,8 +162,8 @@ void small_all_reduce(const Collective& c, const Fold& f, const void* in, void* 
   const int L = f.steps();
   const uint32_t post_msg = static_cast<uint32_t>(L + 1);
   if (r < 2 * f.rem && v < 0) {  // hand the vector to r+1, get the result back
-    net::RequestPtr s = c.send(r + 1, in, bytes, 0);
     net::RequestPtr g = c.recv(r + 1, out, bytes, post_msg);
+    net::RequestPtr s = c.send(r + 1, in, bytes, 0);
     c.wait(s);
     c.wait(g);
     return;
@@ -177,8 +177,8 @@ void small_all_reduce(const Collective& c, const Fold& f, const void* in, void* 
   for (int k = 0; k < L; ++k) {
     const int partner = v ^ (1 << k);
     const int peer = f.rank_of(partner);
-    net::RequestPtr s = c.send(peer, cur, bytes, static_cast<uint32_t>(1 + k));
     net::RequestPtr g = c.recv(peer, tmp, bytes, static_cast<uint32_t>(1 + k));
+    net::RequestPtr s = c.send(peer, cur, bytes, static_cast<uint32_t>(1 + k));
     c.wait(g);
     c.wait(s);  // `cur` may be `out`, which is overwritten next
     if (v < partner) c.reduce(out, cur, tmp, count);

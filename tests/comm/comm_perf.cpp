@@ -32,7 +32,9 @@ int main(int argc, char** argv) {
   std::string dtype_text = "f32";
   size_t chunk = 0;
   int window = 0;
+  bool raw = false;
   app.add_option("--np", np, "ranks");
+  app.add_flag("--raw", raw, "also time the bare transport exchange (2 ranks) for comparison");
   app.add_option("--transport", transport, "shm|tcp");
   app.add_option("--op", op_name, "allreduce|reduce_scatter|all_gather|broadcast");
   app.add_option("--sizes", sizes_text, "bytes per rank's vector, e.g. 8:64M or 8,1M");
@@ -76,6 +78,27 @@ int main(int argc, char** argv) {
                     op_name.c_str(), algo_name(algo), dtype_text.c_str(), isa_name(active_reduce_kernels().isa));
       if (r == 0) std::printf("%12s %12s %12s %10s %10s\n", "bytes", "count", "time_us", "algbw_GB/s", "busbw_GB/s");
       const size_t es = dtype_size(type);
+      if (raw && np == 2) {
+        // The transport alone: post a receive and a send to the peer, wait both.
+        net::Pair& p = comm.mesh().pair(1 - r);
+        for (uint64_t bytes : sizes) {
+          std::vector<char> a(bytes), b(bytes);
+          int it = iters > 0 ? iters : 2000;
+          uint64_t tag = 1ull << 40;
+          auto once = [&] {
+            auto rq = p.irecv(b.data(), bytes, tag);
+            auto sq = p.isend(a.data(), bytes, tag);
+            rq->wait(Deadline::in_seconds(60));
+            sq->wait(Deadline::in_seconds(60));
+            ++tag;
+          };
+          for (int i = 0; i < warmup; ++i) once();
+          auto t0 = std::chrono::steady_clock::now();
+          for (int i = 0; i < it; ++i) once();
+          double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / it;
+          if (r == 0) std::printf("%12zu %12s %12.2f   (transport exchange)\n", static_cast<size_t>(bytes), "-", us);
+        }
+      }
       for (uint64_t bytes : sizes) {
         const size_t count = std::max<size_t>(1, bytes / es);
         const size_t n = static_cast<size_t>(np);
