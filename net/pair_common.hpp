@@ -83,6 +83,31 @@ class SpinLock {
   std::atomic<bool> locked_{false};
 };
 
+// Recycles requests the caller has let go of, so that the fast path does not
+// allocate: a ring of the last few issued; one whose only owner is the ring
+// (use_count 1) and that has finished is reset and handed out again. Guarded
+// by the caller's lock.
+class RequestCache {
+ public:
+  explicit RequestCache(Progress* progress = nullptr) : progress_(progress) {}
+  RequestPtr get() {
+    RequestPtr& slot = ring_[next_++ & (kSize - 1)];
+    if (slot && slot.use_count() == 1 && slot->done()) {
+      std::atomic_thread_fence(std::memory_order_acquire);  // the last user's accesses happened before
+      slot->reset_for_reuse();
+      return slot;
+    }
+    slot = std::make_shared<Request>(progress_);
+    return slot;
+  }
+
+ private:
+  static constexpr unsigned kSize = 8;
+  Progress* progress_;
+  RequestPtr ring_[kSize];
+  unsigned next_ = 0;
+};
+
 // FIFO over a growable ring of slots: after warm-up, push/pop allocate nothing.
 template <typename T>
 class Fifo {

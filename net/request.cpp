@@ -61,6 +61,15 @@ void Request::fail(std::exception_ptr e) {
     futex_wake(&state_, INT32_MAX, false);
 }
 
+void Request::reset_for_reuse() {
+  if (state() == kFailed) {  // only a failed request carries an error
+    std::lock_guard<std::mutex> lock(mu_);
+    error_ = nullptr;
+  }
+  waiters_.store(0, std::memory_order_relaxed);
+  state_.store(kPending, std::memory_order_release);
+}
+
 std::exception_ptr Request::error() const {
   std::lock_guard<std::mutex> lock(mu_);
   return error_;

@@ -43,6 +43,9 @@ class Request {
   // First failure wins; later calls are ignored.
   void fail(std::exception_ptr error);
   std::exception_ptr error() const;
+  // Makes a finished request pending again, so that a transport can recycle
+  // it. Only when nobody else holds it (its shared_ptr use_count is 1).
+  void reset_for_reuse();
 
  private:
   std::atomic<uint32_t> state_{kPending};

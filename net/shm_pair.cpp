@@ -131,6 +131,8 @@ ShmPair::ShmPair(const PairContext& ctx, IoLoop& loop, int peer, std::unique_ptr
       addr_(std::move(addr)),
       seg_(std::move(segment)),
       control_(this, std::move(control)) {
+  send_reqs_ = RequestCache(ctx.progress);
+  recv_reqs_ = RequestCache(ctx.progress);
   ring_ = seg_->ring_bytes();
   mask_ = ring_ - 1;
   piece_max_ = std::max<size_t>(ring_ / 4, kMinPiece);
@@ -139,7 +141,7 @@ ShmPair::ShmPair(const PairContext& ctx, IoLoop& loop, int peer, std::unique_ptr
   tx_head_ = seg_->head(out);
   rx_ring_ = seg_->ring(1 - out);
   rx_head_ = seg_->head(1 - out);
-  posted_.reserve(16);
+  slots_.reserve(16);
   faulty_ = faults.applies(ctx.rank, peer);
   if (faulty_) gate_ = FaultGate(faults, peer);
 }
@@ -159,52 +161,62 @@ PairStats ShmPair::stats() const {
 
 // ------------------------------------------------------------------ sending
 
+namespace {
+// Counters owned by one lock: a plain add, not a locked read-modify-write.
+inline void bump(std::atomic<uint64_t>& c, uint64_t v) {
+  c.store(c.load(std::memory_order_relaxed) + v, std::memory_order_relaxed);
+}
+}  // namespace
+
 RequestPtr ShmPair::isend(const void* buf, size_t len, Tag tag, uint32_t meta) {
-  auto req = std::make_shared<Request>(ctx_.progress);
   if (len > ctx_.max_message_bytes)
     throw Error(fmt::format("message of {} bytes exceeds the transport limit of {} bytes", len,
                             ctx_.max_message_bytes),
                 "raise MeshOptions::max_message_bytes on every rank, or send it in parts");
-  SendOp op;
-  op.data = static_cast<const char*>(buf);
-  op.len = len;
-  op.tag = tag;
-  op.meta = meta;
-  op.req = req;
+  const char* data = static_cast<const char*>(buf);
   tx_lock_.lock();
+  RequestPtr req = send_reqs_.get();
   if (failed_.load(std::memory_order_acquire)) {
     tx_lock_.unlock();
     req->fail(error_);
     return req;
   }
-  bytes_sent_.fetch_add(len, std::memory_order_relaxed);
-  msgs_sent_.fetch_add(1, std::memory_order_relaxed);
-  if (faulty_) {
-    if (gate_.latency_ns() > 0) op.not_before = now_ns() + gate_.latency_ns();
-    sendq_.push_back(std::move(op));
-    pump_send();
-  } else if (sendq_.empty()) {
+  bump(bytes_sent_, len);
+  bump(msgs_sent_, 1);
+  size_t sent = 0;
+  bool started = false;
+  if (!faulty_ && sendq_.empty()) {
     // Fast path: straight into the ring, no queueing.
     bool moved = false;
-    if (write_some(op, &moved)) {
+    if (write_some(data, len, tag, meta, &sent, &started, &moved)) {
       tx_lock_.unlock();
       req->complete();
       return req;
     }
-    sendq_.push_back(std::move(op));
-  } else {
-    sendq_.push_back(std::move(op));
   }
+  SendOp op;
+  op.data = data;
+  op.len = len;
+  op.sent = sent;
+  op.started = started;
+  op.tag = tag;
+  op.meta = meta;
+  op.req = req;
+  if (faulty_ && gate_.latency_ns() > 0) op.not_before = now_ns() + gate_.latency_ns();
+  sendq_.push_back(std::move(op));
+  send_pending_.store(true, std::memory_order_relaxed);
+  if (faulty_) pump_send();
   bool drop = drop_now_;
   tx_lock_.unlock();
   if (drop) drop_by_fault();
   return req;
 }
 
-bool ShmPair::write_some(SendOp& op, bool* moved) {
+bool ShmPair::write_some(const char* data, size_t len, Tag tag, uint32_t meta, size_t* sent, bool* started,
+                         bool* moved) {
   while (true) {
-    size_t remaining = op.len - op.sent;
-    if (op.started && remaining == 0) return true;
+    size_t remaining = len - *sent;
+    if (*started && remaining == 0) return true;
     size_t piece = std::min(remaining, piece_max_);
     size_t need = record_bytes(piece);
     size_t free = ring_ - (tail_ - head_cache_);
@@ -237,7 +249,7 @@ bool ShmPair::write_some(SendOp& op, bool* moved) {
     // Write the payload, then the header fields, then publish the stamp.
     size_t pos = tail_ & mask_;
     auto* h = reinterpret_cast<RecordHeader*>(tx_ring_ + pos);
-    const char* src = op.data + op.sent;
+    const char* src = data + *sent;
     if (piece <= kInlineMax) {
       if (piece) std::memcpy(h->inline_data, src, piece);
     } else {
@@ -246,14 +258,14 @@ bool ShmPair::write_some(SendOp& op, bool* moved) {
       std::memcpy(tx_ring_ + p, src, first);
       if (piece > first) std::memcpy(tx_ring_, src + first, piece - first);
     }
-    h->tag = op.tag;
-    h->total = op.len;
-    h->meta = op.meta;
+    h->tag = tag;
+    h->total = len;
+    h->meta = meta;
     h->piece = static_cast<uint32_t>(piece);
     store_release(&h->stamp, tail_ + 1);
     tail_ += record_bytes(piece);
-    op.sent += piece;
-    op.started = true;
+    *sent += piece;
+    *started = true;
     if (faulty_) gate_.sent(piece);
     *moved = true;
   }
@@ -265,53 +277,85 @@ bool ShmPair::pump_send() {
   while (!sendq_.empty()) {
     SendOp& op = sendq_.front();
     if (faulty_ && op.not_before > now) break;
-    if (!write_some(op, &moved)) break;
+    if (!write_some(op.data, op.len, op.tag, op.meta, &op.sent, &op.started, &moved)) break;
     op.req->complete();
     sendq_.pop_front();
     moved = true;
   }
+  send_pending_.store(!sendq_.empty(), std::memory_order_relaxed);
   return moved;
 }
 
 // ------------------------------------------------------------------ receiving
 
+int ShmPair::take_slot() {
+  for (size_t i = 0; i < slots_.size(); ++i)
+    if (!slots_[i].used) {
+      slots_[i].used = true;
+      return static_cast<int>(i);
+    }
+  slots_.emplace_back();
+  slots_.back().used = true;
+  return static_cast<int>(slots_.size() - 1);
+}
+
+void ShmPair::release_slot(int i) {
+  Slot& s = slots_[static_cast<size_t>(i)];
+  s.used = false;
+  s.bound = false;
+  s.op.req.reset();
+}
+
 RequestPtr ShmPair::irecv(void* buf, size_t len, Tag tag, uint32_t meta) {
-  RecvOp op;
+  rx_lock_.lock();
+  RequestPtr req = recv_reqs_.get();
+  int i = take_slot();
+  RecvOp& op = slots_[static_cast<size_t>(i)].op;
   op.tag = tag;
   op.dst = static_cast<char*>(buf);
+  op.local = nullptr;
   op.len = len;
   op.meta = meta;
-  op.req = std::make_shared<Request>(ctx_.progress);
-  return post_recv(std::move(op));
+  op.req = std::move(req);
+  return post_recv(i);
 }
 
 RequestPtr ShmPair::irecv_reduce(void* dst, const void* local, size_t len, Tag tag, const Combiner& combiner,
                                  uint32_t meta) {
   check_combiner(combiner, len);
-  RecvOp op;
+  rx_lock_.lock();
+  RequestPtr req = recv_reqs_.get();
+  int i = take_slot();
+  RecvOp& op = slots_[static_cast<size_t>(i)].op;
   op.tag = tag;
   op.dst = static_cast<char*>(dst);
   op.local = static_cast<const char*>(local);
   op.len = len;
   op.meta = meta;
   op.combiner = combiner;
-  op.req = std::make_shared<Request>(ctx_.progress);
-  return post_recv(std::move(op));
+  op.req = std::move(req);
+  return post_recv(i);
 }
 
-RequestPtr ShmPair::post_recv(RecvOp op) {
-  RequestPtr req = op.req;
-  rx_lock_.lock();
-  if (failed_.load(std::memory_order_acquire)) {
+// Called with rx_lock_ held and the receive filled into `slot`; unlocks.
+RequestPtr ShmPair::post_recv(int slot) {
+  Slot& sl = slots_[static_cast<size_t>(slot)];
+  RequestPtr req = sl.op.req;
+  const bool failed = failed_.load(std::memory_order_acquire);
+  if (failed && !peer_gone_) {
+    release_slot(slot);
     rx_lock_.unlock();
     req->fail(error_);
     return req;
   }
+  // Messages that arrived whole stay receivable after the peer has left.
   for (size_t i = 0; i < unexpected_done_.size(); ++i) {
-    if (unexpected_done_[i].tag != op.tag) continue;
+    if (unexpected_done_[i].tag != sl.op.tag) continue;
     Unexpected u = std::move(unexpected_done_[i]);
     unexpected_done_.erase(unexpected_done_.begin() + static_cast<std::ptrdiff_t>(i));
     unexpected_bytes_ -= u.total;
+    RecvOp op = std::move(sl.op);
+    release_slot(slot);
     rx_lock_.unlock();
     if (u.total != op.len || u.meta != op.meta) {
       req->fail(mismatch_error(peer_, u.total, u.meta, op.len, op.meta));
@@ -321,17 +365,28 @@ RequestPtr ShmPair::post_recv(RecvOp op) {
     }
     return req;
   }
-  if (cur_.active && cur_.tag == op.tag && !cur_.has_op && !cur_.discard && !cur_.has_late && !cur_.drop_when_done) {
-    if (cur_.total != op.len || cur_.meta != op.meta) {
+  if (failed) {
+    release_slot(slot);
+    rx_lock_.unlock();
+    req->fail(error_);
+    return req;
+  }
+  if (cur_.active && cur_.tag == sl.op.tag && cur_.slot < 0 && !cur_.discard && cur_.late_slot < 0 &&
+      !cur_.drop_when_done) {
+    if (cur_.total != sl.op.len || cur_.meta != sl.op.meta) {
       cur_.drop_when_done = true;
+      uint64_t len = sl.op.len;
+      uint32_t meta = sl.op.meta;
+      release_slot(slot);
       rx_lock_.unlock();
-      req->fail(mismatch_error(peer_, cur_.total, cur_.meta, op.len, op.meta));
+      req->fail(mismatch_error(peer_, cur_.total, cur_.meta, len, meta));
       return req;
     }
-    cur_.late = std::move(op);
-    cur_.has_late = true;
+    sl.bound = true;
+    cur_.late_slot = slot;
   } else {
-    posted_.push_back(std::move(op));
+    sl.seq = next_seq_++;
+    ++posted_;
   }
   rx_lock_.unlock();
   return req;
@@ -339,29 +394,36 @@ RequestPtr ShmPair::post_recv(RecvOp op) {
 
 void ShmPair::deliver(uint64_t off, const char* src, size_t n) {
   if (n == 0 || cur_.discard) return;
-  if (cur_.has_op) {
-    cur_.op.deliver(off, src, n);
+  if (cur_.slot >= 0) {
+    slots_[static_cast<size_t>(cur_.slot)].op.deliver(off, src, n);
   } else {
     std::memcpy(cur_.buf.get() + off, src, n);
   }
 }
 
 void ShmPair::finish_current() {
-  msgs_received_.fetch_add(1, std::memory_order_relaxed);
-  Current done = std::move(cur_);
-  cur_ = Current();
-  if (done.has_op) {
-    done.op.req->complete();
-  } else if (done.discard) {
-  } else if (done.has_late) {
-    done.late.deliver(0, done.buf.get(), done.total);
-    unexpected_bytes_ -= done.total;
-    done.late.req->complete();
-  } else if (done.drop_when_done) {
-    unexpected_bytes_ -= done.total;
+  bump(msgs_received_, 1);
+  if (cur_.slot >= 0) {
+    slots_[static_cast<size_t>(cur_.slot)].op.req->complete();
+    release_slot(cur_.slot);
+  } else if (cur_.discard) {
+  } else if (cur_.late_slot >= 0) {
+    RecvOp& late = slots_[static_cast<size_t>(cur_.late_slot)].op;
+    late.deliver(0, cur_.buf.get(), cur_.total);
+    unexpected_bytes_ -= cur_.total;
+    late.req->complete();
+    release_slot(cur_.late_slot);
+  } else if (cur_.drop_when_done) {
+    unexpected_bytes_ -= cur_.total;
   } else {
-    unexpected_done_.push_back(Unexpected{done.tag, done.meta, done.total, std::move(done.buf)});
+    unexpected_done_.push_back(Unexpected{cur_.tag, cur_.meta, cur_.total, std::move(cur_.buf)});
   }
+  cur_.active = false;
+  cur_.slot = -1;
+  cur_.late_slot = -1;
+  cur_.discard = false;
+  cur_.drop_when_done = false;
+  cur_.buf.reset();
 }
 
 bool ShmPair::pump_recv(std::string* bad) {
@@ -383,28 +445,38 @@ bool ShmPair::pump_recv(std::string* bad) {
         *bad = fmt::format("ring record with piece {} larger than its {}-byte message", piece, total);
         return moved;
       }
-      size_t match = posted_.size();
-      for (size_t i = 0; i < posted_.size(); ++i)
-        if (posted_[i].tag == tag) {
-          match = i;
-          break;
+      int match = -1;
+      if (posted_ > 0) {
+        for (size_t i = 0; i < slots_.size(); ++i) {
+          const Slot& sl = slots_[i];
+          if (sl.used && !sl.bound && sl.op.tag == tag &&
+              (match < 0 || sl.seq < slots_[static_cast<size_t>(match)].seq))
+            match = static_cast<int>(i);
         }
-      if (match < posted_.size()) {
-        RecvOp op = std::move(posted_[match]);
-        posted_.erase(posted_.begin() + static_cast<std::ptrdiff_t>(match));
-        if (op.len != total || op.meta != meta) {
-          op.req->fail(mismatch_error(peer_, total, meta, op.len, op.meta));
+      }
+      if (match >= 0) {
+        Slot& sl = slots_[static_cast<size_t>(match)];
+        --posted_;
+        if (sl.op.len != total || sl.op.meta != meta) {
+          sl.op.req->fail(mismatch_error(peer_, total, meta, sl.op.len, sl.op.meta));
+          release_slot(match);
           cur_.discard = true;
         } else {
-          cur_.op = std::move(op);
-          cur_.has_op = true;
+          sl.bound = true;
+          cur_.slot = match;
         }
       } else {
         // Unexpected: buffer it while the budget lasts, else leave it in the
         // ring (the sender then blocks: back-pressure) until a receive comes.
-        if (total > 0 && unexpected_bytes_ + total > ctx_.unexpected_budget) break;
-        cur_.buf.reset(new char[total ? total : 1]);
-        unexpected_bytes_ += total;
+        // When draining after the peer left, take whatever can still be
+        // whole (a message larger than the ring cannot be: skip it).
+        if (draining_ && total > ring_) {
+          cur_.discard = true;
+        } else {
+          if (!draining_ && total > 0 && unexpected_bytes_ + total > ctx_.unexpected_budget) break;
+          cur_.buf.reset(new char[total ? total : 1]);
+          unexpected_bytes_ += total;
+        }
       }
       cur_.active = true;
       cur_.tag = tag;
@@ -416,11 +488,14 @@ bool ShmPair::pump_recv(std::string* bad) {
                          tag, total, cur_.tag, cur_.got, cur_.total);
       return moved;
     }
-    if (cur_.has_op && cur_.op.reduce()) {
-      size_t e = cur_.op.combiner.elem_size;
-      if (cur_.got % e != 0 || (piece % e != 0 && cur_.got + piece != total)) {
-        *bad = fmt::format("ring record splits a {}-byte element", e);
-        return moved;
+    if (cur_.slot >= 0) {
+      const RecvOp& op = slots_[static_cast<size_t>(cur_.slot)].op;
+      if (op.reduce()) {
+        size_t e = op.combiner.elem_size;
+        if (cur_.got % e != 0 || (piece % e != 0 && cur_.got + piece != total)) {
+          *bad = fmt::format("ring record splits a {}-byte element", e);
+          return moved;
+        }
       }
     }
     if (piece <= kInlineMax) {
@@ -434,7 +509,8 @@ bool ShmPair::pump_recv(std::string* bad) {
     cur_.got += piece;
     head_ += record_bytes(piece);
     store_release(rx_head_, head_);
-    bytes_received_.fetch_add(piece, std::memory_order_relaxed);
+    head_peek_.store(head_, std::memory_order_relaxed);
+    bump(bytes_received_, piece);
     budget -= std::min(budget, piece + kCell);
     moved = true;
     if (cur_.got == cur_.total) finish_current();
@@ -446,13 +522,17 @@ bool ShmPair::progress() {
   if (failed_.load(std::memory_order_acquire)) return false;
   bool moved = false;
   bool drop = false;
-  if (tx_lock_.try_lock()) {
+  if (send_pending_.load(std::memory_order_relaxed) && tx_lock_.try_lock()) {
     if (!sendq_.empty()) moved |= pump_send();
     drop = drop_now_;
     tx_lock_.unlock();
   }
+  // Look at the next record without the lock: nothing there (the common case
+  // while spinning) costs one read of a line the peer has not touched.
+  uint64_t h = head_peek_.load(std::memory_order_relaxed);
+  auto* rec = reinterpret_cast<RecordHeader*>(rx_ring_ + (h & mask_));
   std::string bad;
-  if (rx_lock_.try_lock()) {
+  if (load_acquire(&rec->stamp) == h + 1 && rx_lock_.try_lock()) {
     moved |= pump_recv(&bad);
     rx_lock_.unlock();
   }
@@ -497,13 +577,19 @@ void ShmPair::fail(std::exception_ptr err, Cause cause) {
     reqs.push_back(sendq_.front().req);
     sendq_.pop_front();
   }
-  for (auto& op : posted_) reqs.push_back(op.req);
-  posted_.clear();
-  if (cur_.has_op) reqs.push_back(cur_.op.req);
-  if (cur_.has_late) reqs.push_back(cur_.late.req);
+  send_pending_.store(false);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (!slots_[i].used) continue;
+    reqs.push_back(slots_[i].op.req);
+    release_slot(static_cast<int>(i));
+  }
+  posted_ = 0;
   cur_ = Current();
-  unexpected_done_.clear();
-  unexpected_bytes_ = 0;
+  peer_gone_ = cause == Cause::PeerLost || cause == Cause::PeerClosed;
+  if (!peer_gone_) {
+    unexpected_done_.clear();
+    unexpected_bytes_ = 0;
+  }
   rx_lock_.unlock();
   tx_lock_.unlock();
   for (auto& r : reqs) r->fail(err);
@@ -515,6 +601,19 @@ void ShmPair::fail(std::exception_ptr err, Cause cause) {
     // Callbacks run on the loop thread, never inside a waiter's progress().
     loop_.post(&control_);
   }
+}
+
+void ShmPair::drain_and_fail(std::exception_ptr err, Cause cause) {
+  std::string bad;
+  rx_lock_.lock();
+  if (!failed_.load(std::memory_order_acquire)) {
+    draining_ = true;
+    while (pump_recv(&bad) && bad.empty()) {
+    }
+    draining_ = false;
+  }
+  rx_lock_.unlock();
+  fail(err, cause);
 }
 
 void ShmPair::flush_notify() {
@@ -532,9 +631,9 @@ void ShmPair::on_control_eof(int err) {
   if (failed_.load(std::memory_order_acquire) || peer_closed_) return;
   std::string why = err ? std::strerror(err) : "the peer closed the connection (its process exited or was killed)";
   log::warn("lost the shared-memory peer {}: {}", who(), why);
-  fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("lost the connection to {}: {}", who(), why),
-                                        "the peer process died; check its log")),
-       Cause::PeerLost);
+  drain_and_fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("lost the connection to {}: {}", who(), why),
+                                                  "the peer process died; check its log")),
+                 Cause::PeerLost);
 }
 
 void ShmPair::on_peer_abort(AbortKind kind, const std::string& text) {
@@ -544,9 +643,9 @@ void ShmPair::on_peer_abort(AbortKind kind, const std::string& text) {
 
 void ShmPair::on_peer_close() {
   peer_closed_ = true;
-  fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("{} closed its mesh (it shut down)", who()),
-                                        "the peer left the job; a new membership needs a new mesh")),
-       Cause::PeerClosed);
+  drain_and_fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("{} closed its mesh (it shut down)", who()),
+                                                  "the peer left the job; a new membership needs a new mesh")),
+                 Cause::PeerClosed);
   control_.shut_write();
 }
 

@@ -101,6 +101,14 @@ class ShmPair final : public Pair {
     uint64_t total = 0;
     std::unique_ptr<char[]> buf;
   };
+  // A posted receive lives in one slot from posting to completion, so the
+  // fast path moves no RecvOp (std::function, shared_ptr) around.
+  struct Slot {
+    RecvOp op;
+    uint64_t seq = 0;  // posting order: the oldest receive of a tag matches first
+    bool used = false;
+    bool bound = false;  // matched to the message in progress
+  };
   // The message whose records are at the head of the incoming ring.
   struct Current {
     bool active = false;
@@ -108,24 +116,31 @@ class ShmPair final : public Pair {
     uint32_t meta = 0;
     uint64_t total = 0;
     uint64_t got = 0;
-    bool has_op = false;
-    RecvOp op;
+    int slot = -1;                // receive it lands in
     bool discard = false;         // its receive failed (Mismatch)
     std::unique_ptr<char[]> buf;  // unexpected: buffered
-    bool has_late = false;        // receive posted while buffering
-    RecvOp late;
+    int late_slot = -1;           // receive posted while buffering
     bool drop_when_done = false;  // a late receive did not match
   };
 
-  RequestPtr post_recv(RecvOp op);
-  // Writes as much of `op` as fits; true when all of it is in the ring.
-  bool write_some(SendOp& op, bool* moved);
+  // Takes a free slot (growing the table if needed) and returns its index.
+  int take_slot();
+  void release_slot(int i);
+  RequestPtr post_recv(int slot);
+  // Writes as much of a message as fits; true when all of it is in the ring.
+  bool write_some(const char* data, size_t len, Tag tag, uint32_t meta, size_t* sent, bool* started,
+                  bool* moved);
   bool pump_send();
   bool pump_recv(std::string* bad);
+  bool draining_ = false;   // pump_recv ignores the unexpected budget (rx_lock_)
+  bool peer_gone_ = false;  // failed because the peer left (both locks)
   void deliver(uint64_t off, const char* src, size_t n);
   void finish_current();
 
   void fail(std::exception_ptr err, Cause cause);
+  // The peer left (CLOSE or EOF): take every record it finished writing, then
+  // fail what can no longer complete; whole messages stay receivable.
+  void drain_and_fail(std::exception_ptr err, Cause cause);
   void drop_by_fault();
   void on_control_eof(int err);
   void on_peer_abort(AbortKind kind, const std::string& text);
@@ -150,6 +165,8 @@ class ShmPair final : public Pair {
   // sending (tx_lock_)
   SpinLock tx_lock_;
   Fifo<SendOp> sendq_;
+  RequestCache send_reqs_;
+  std::atomic<bool> send_pending_{false};  // sendq_ non-empty; read without the lock
   uint64_t tail_ = 0;
   uint64_t head_cache_ = 0;
   bool faulty_ = false;
@@ -159,7 +176,11 @@ class ShmPair final : public Pair {
   // receiving (rx_lock_)
   SpinLock rx_lock_;
   uint64_t head_ = 0;
-  std::vector<RecvOp> posted_;
+  std::atomic<uint64_t> head_peek_{0};  // head_, for a lock-free look at the next record
+  std::vector<Slot> slots_;
+  RequestCache recv_reqs_;
+  size_t posted_ = 0;                   // slots in use and not yet bound
+  uint64_t next_seq_ = 0;
   Current cur_;
   std::vector<Unexpected> unexpected_done_;
   size_t unexpected_bytes_ = 0;
@@ -170,6 +191,8 @@ class ShmPair final : public Pair {
   std::mutex notify_mu_;
   std::exception_ptr notify_;
 
+  // Updated under the send or receive lock with a plain load+store (no locked
+  // read-modify-write on the fast path); read racily by stats().
   std::atomic<uint64_t> bytes_sent_{0}, bytes_received_{0}, msgs_sent_{0}, msgs_received_{0};
 
   ShmControl control_;

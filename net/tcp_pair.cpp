@@ -143,8 +143,12 @@ void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t met
     bool post = false;
     {
       std::lock_guard<std::mutex> lock(s.send_mu_);
-      if (failed_.load(std::memory_order_acquire) || s.write_shut_) {
-        req->fail(error_ ? error_ : std::make_exception_ptr(PeerLost(peer_, fmt::format("{} is gone", who(s)))));
+      if (failed_.load(std::memory_order_acquire)) {
+        req->fail(error_);
+        return;
+      }
+      if (s.write_shut_) {
+        req->fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("{} has left (it closed its mesh)", who(s)))));
         return;
       }
       if (!faulty_ && s.sendq_.empty() && !s.tx_blocked_ && len <= kEagerMax) {
@@ -195,7 +199,9 @@ void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t met
         s.sendq_.push_back(std::move(item));
       }
       if (dead) {
-        req->fail(error_ ? error_ : std::make_exception_ptr(PeerLost(peer_, fmt::format("{} is gone", who(s)))));
+        req->fail(failed_.load(std::memory_order_acquire)
+                      ? error_
+                      : std::make_exception_ptr(PeerLost(peer_, fmt::format("{} has left (it closed its mesh)", who(s)))));
         continue;
       }
       post = was_empty && !s.tx_blocked_;
@@ -331,11 +337,13 @@ RequestPtr TcpPair::irecv_reduce(void* dst, const void* local, size_t len, Tag t
 RequestPtr TcpPair::post_recv(std::unique_ptr<RecvOp> op) {
   RequestPtr req = op->req;
   std::unique_lock<std::mutex> lock(mu_);
-  if (failed_.load(std::memory_order_acquire)) {
+  const bool failed = failed_.load(std::memory_order_acquire);
+  if (failed && !peer_gone_) {
     lock.unlock();
     req->fail(error_);
     return req;
   }
+  // Messages that arrived complete stay receivable after the peer has left.
   for (size_t i = 0; i < unexpected_done_.size(); ++i) {
     if (unexpected_done_[i]->tag != op->tag) continue;
     std::unique_ptr<InMsg> m = std::move(unexpected_done_[i]);
@@ -349,6 +357,11 @@ RequestPtr TcpPair::post_recv(std::unique_ptr<RecvOp> op) {
       req->complete();
     }
     resume_stalled();
+    return req;
+  }
+  if (failed) {
+    lock.unlock();
+    req->fail(error_);
     return req;
   }
   for (auto& m : inflight_) {
@@ -440,10 +453,37 @@ void TcpPair::drain_discard(TcpStream& s) {
 }
 
 bool TcpPair::rx_turn(TcpStream& s) {
-  std::unique_lock<std::mutex> rx(rx_mu_);
+  std::lock_guard<std::mutex> rx(rx_mu_);
+  return rx_turn_locked(s);
+}
+
+bool TcpPair::all_streams_finished() const {
+  for (auto& s : streams_)
+    if (!s->eof_ && !s->peer_closed_ && !s->dead_) return false;
+  return true;
+}
+
+void TcpPair::fail_sends(const std::string& why) {
+  auto err = std::make_exception_ptr(PeerLost(peer_, why, "the peer left the job; a new membership needs a new mesh"));
+  std::vector<RequestPtr> reqs;
+  for (auto& sp : streams_) {
+    TcpStream& s = *sp;
+    std::lock_guard<std::mutex> lock(s.send_mu_);
+    while (!s.sendq_.empty()) {
+      if (s.sendq_.front().req) reqs.push_back(s.sendq_.front().req);
+      s.sendq_.pop_front();
+    }
+    s.queued_bytes_.store(0);
+    if (!s.write_shut_ && !s.dead_) ::shutdown(s.fd_.get(), SHUT_WR);
+    s.write_shut_ = true;
+  }
+  for (auto& r : reqs) r->fail(err);
+}
+
+bool TcpPair::rx_turn_locked(TcpStream& s) {
   if (s.dead_ || s.eof_) return false;
   if (!s.rx_ready_ && s.se_ == s.sb_ && !s.rx_stalled_.load(std::memory_order_relaxed)) return false;
-  if (failed_.load(std::memory_order_acquire)) {
+  if (failed_.load(std::memory_order_acquire) || s.peer_closed_) {
     drain_discard(s);
     return false;
   }
@@ -489,12 +529,20 @@ bool TcpPair::rx_turn(TcpStream& s) {
         case FrameKind::Abort:
           break;
         case FrameKind::Close: {
+          // Everything the peer sent on this stream has been read. Its sends
+          // on the other streams may still be arriving: the pair fails (and
+          // keeps what arrived complete) once every stream is finished.
           s.sb_ += kFrameHeaderBytes;
-          peer_closed_ = true;
-          log::debug("{} closed its mesh", who(s));
-          fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("{} closed its mesh (it shut down)", who(s)),
-                                                "the peer left the job; a new membership needs a new mesh")),
-               Cause::PeerClosed);
+          s.peer_closed_ = true;
+          if (!peer_closing_) {
+            peer_closing_ = true;
+            log::debug("{} closed its mesh", who(s));
+            fail_sends(fmt::format("{} closed its mesh (it shut down)", who(s)));
+          }
+          if (all_streams_finished())
+            fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("{} closed its mesh (it shut down)", who(s)),
+                                                  "the peer left the job; a new membership needs a new mesh")),
+                 Cause::PeerClosed);
           return false;
         }
         default:
@@ -691,7 +739,26 @@ void TcpPair::on_eof(TcpStream& s, int err) {
       s.write_shut_ = true;
     }
   }
-  if (failed_.load(std::memory_order_acquire) || peer_closed_) return;
+  if (failed_.load(std::memory_order_acquire)) return;
+  if (s.peer_closed_) {  // the EOF that follows a CLOSE
+    if (all_streams_finished())
+      fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("{} closed its mesh (it shut down)", who(s)),
+                                            "the peer left the job; a new membership needs a new mesh")),
+           Cause::PeerClosed);
+    return;
+  }
+  if (draining_) return;
+  // An EOF without CLOSE: the peer died. What it sent before dying may still
+  // sit in the other streams' socket buffers; take it before giving up.
+  draining_ = true;
+  for (auto& o : streams_) {
+    if (o.get() == &s) continue;
+    o->rx_ready_ = true;  // its epoll event may not have been seen yet
+    while (rx_turn_locked(*o)) {
+    }
+  }
+  draining_ = false;
+  if (failed_.load(std::memory_order_acquire)) return;
   std::string why = err ? std::strerror(err) : "the peer closed the connection (its process exited or was killed)";
   log::warn("lost the connection to {}: {}", who(s), why);
   fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("lost the connection to {}: {}", who(s), why),
@@ -722,8 +789,13 @@ void TcpPair::fail(std::exception_ptr err, Cause cause) {
     }
     posted_.clear();
     inflight_.clear();
-    unexpected_done_.clear();
-    unexpected_bytes_ = 0;
+    // A peer that left (closed or died) may have sent messages that arrived
+    // whole: they stay receivable. Anything else drops them.
+    peer_gone_ = cause == Cause::PeerLost || cause == Cause::PeerClosed;
+    if (!peer_gone_) {
+      unexpected_done_.clear();
+      unexpected_bytes_ = 0;
+    }
     if (cause == Cause::PeerLost || cause == Cause::Protocol || cause == Cause::PeerAbort) notify_ = err;
   }
   const bool keep_sync = cause == Cause::LocalAbort || cause == Cause::Shutdown;

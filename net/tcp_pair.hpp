@@ -95,6 +95,7 @@ class TcpStream final : public IoHandler {
   bool large_frames_ = false;  // last frame was large: read the next header alone
   std::string ctrl_;           // ABORT payload
   bool eof_ = false;
+  bool peer_closed_ = false;   // the peer sent CLOSE on this stream: nothing more comes
   bool dead_ = false;          // shut down after a failure; ignore events
 
   int64_t timer_at_ = INT64_MAX;  // fault injection wake-up
@@ -133,6 +134,11 @@ class TcpPair final : public Pair {
 
   bool on_stream_io(TcpStream& s, uint32_t events);
   bool rx_turn(TcpStream& s);
+  bool rx_turn_locked(TcpStream& s);  // rx_mu_ held
+  // True once every stream has delivered all the peer will ever send.
+  bool all_streams_finished() const;
+  // The peer is leaving: fail every queued send and shut our write sides.
+  void fail_sends(const std::string& why);
   bool tx_turn(TcpStream& s, bool writable);
   // Reads more bytes into the staging buffer (at most `want`); false if none now.
   bool fill(TcpStream& s, size_t want);
@@ -170,7 +176,9 @@ class TcpPair final : public Pair {
   size_t unexpected_bytes_ = 0;
   std::atomic<int> stalled_{0};
   std::atomic<uint32_t> rr_{0};
-  bool peer_closed_ = false;
+  bool peer_closing_ = false;  // a CLOSE arrived on some stream (loop thread)
+  bool draining_ = false;      // reading what the other streams hold after an EOF
+  bool peer_gone_ = false;     // failed because the peer left: buffered messages stay receivable (mu_)
 
   std::exception_ptr notify_;  // failure to report once locks are released
 

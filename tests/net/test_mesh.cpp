@@ -315,6 +315,31 @@ TEST_P(MeshTest, PeerShutdownFailsPendingWithPeerLost) {
   EXPECT_THROW(m[1]->pair(0).irecv(buf.data(), 10, 2)->wait(soon()), PeerLost);
 }
 
+// A peer that sends and then leaves: what it sent stays receivable, whether
+// the receive was posted before it left or after; only receives that no
+// message can satisfy fail with PeerLost.
+TEST_P(MeshTest, MessagesSentBeforeThePeerLeftStayReceivable) {
+  auto m = connect(2);
+  const std::vector<size_t> sizes = {1, 100, 10000, 30000};  // all fit in the shm ring together
+  std::vector<std::vector<uint8_t>> out(sizes.size()), in(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    out[i].resize(sizes[i]);
+    in[i].resize(sizes[i]);
+    fill_pattern(out[i].data(), sizes[i], 40 + i);
+  }
+  auto early = m[1]->pair(0).irecv(in[0].data(), sizes[0], 0);
+  uint8_t nothing[4];
+  auto never = m[1]->pair(0).irecv(nothing, 4, 99);
+  for (size_t i = 0; i < sizes.size(); ++i) m[0]->pair(1).isend(out[i].data(), sizes[i], i)->wait(soon());
+  m[0].reset();  // rank 0 leaves right after its sends completed
+  early->wait(soon());
+  EXPECT_THROW(never->wait(soon()), PeerLost);
+  for (size_t i = 1; i < sizes.size(); ++i) m[1]->pair(0).irecv(in[i].data(), sizes[i], i)->wait(soon());
+  for (size_t i = 0; i < sizes.size(); ++i) EXPECT_TRUE(check_pattern(in[i].data(), sizes[i], 40 + i)) << i;
+  EXPECT_THROW(m[1]->pair(0).irecv(nothing, 4, 100)->wait(soon()), PeerLost);
+  EXPECT_THROW(m[1]->pair(0).isend(nothing, 4, 100)->wait(soon()), PeerLost);
+}
+
 TEST_P(MeshTest, WaitHonoursItsDeadline) {
   auto m = connect(2);
   uint8_t b[8];
