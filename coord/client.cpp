@@ -44,6 +44,8 @@ std::vector<int> Quorum::heal_targets() const {
 
 Client::Client(ClientOptions options) : options_(std::move(options)) {
   options_.timeouts.validate();
+  heartbeat_interval_s_ = options_.timeouts.heartbeat_interval_s;
+  coordinator_death_s_ = options_.timeouts.heartbeat_death_s;
   if (options_.replica_id.empty()) throw ConfigError("the coordinator client needs a replica id");
   auto hp = net::HostPort::parse(options_.coordinator);
   control_ = std::make_unique<net::TcpStore>(hp, options_.secret, options_.connect_timeout_s);
@@ -124,13 +126,14 @@ void Client::register_now(bool as_new_member, bool again) {
   }
   auto reply = decode<RegisterReply>(
       call(CoordOp::Register, encode(r), options_.timeouts.heartbeat_death_s + 5, "registration", heartbeat_.get()));
-  if (reply.heartbeat_death_s > 0 && options_.timeouts.heartbeat_interval_s * 2 > reply.heartbeat_death_s) {
+  if (reply.heartbeat_death_s > 0 && heartbeat_interval_s_ * 2 > reply.heartbeat_death_s) {
     double interval = reply.heartbeat_death_s / 3;
     log::warn("the coordinator declares a worker dead after {} s of silence, but this worker heartbeats every {} s; "
               "heartbeating every {:.2f} s instead (set BRAID_HEARTBEAT_INTERVAL to match)",
-              reply.heartbeat_death_s, options_.timeouts.heartbeat_interval_s, interval);
-    options_.timeouts.heartbeat_interval_s = interval;
+              reply.heartbeat_death_s, heartbeat_interval_s_.load(), interval);
+    heartbeat_interval_s_ = interval;
   }
+  if (reply.heartbeat_death_s > 0) coordinator_death_s_ = reply.heartbeat_death_s;
   std::lock_guard<std::mutex> lock(mu_);
   token_ = reply.token;
   need_register_ = false;
@@ -337,7 +340,7 @@ void Client::heartbeat_loop() {
   while (!stopping_) {
     {
       std::unique_lock<std::mutex> lock(hb_mu_);
-      hb_cv_.wait_for(lock, std::chrono::duration<double>(options_.timeouts.heartbeat_interval_s),
+      hb_cv_.wait_for(lock, std::chrono::duration<double>(heartbeat_interval_s_.load()),
                       [&] { return stopping_.load(); });
     }
     if (stopping_) break;
@@ -353,7 +356,10 @@ void Client::heartbeat_loop() {
     HeartbeatReply rep;
     try {
       bool ok;
-      double wait = std::max(options_.timeouts.heartbeat_interval_s, options_.timeouts.heartbeat_death_s / 2);
+      // Waiting as long as the death timeout: giving up sooner would close
+      // this connection, which the coordinator takes for a crash, when it
+      // was only slow.
+      double wait = std::max(heartbeat_interval_s_.load(), coordinator_death_s_.load());
       std::string body = heartbeat_->request(static_cast<uint8_t>(CoordOp::Heartbeat), op_name(CoordOp::Heartbeat),
                                              encode(r), Deadline::in_seconds(wait), &ok);
       if (!ok) {

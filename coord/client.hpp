@@ -150,6 +150,8 @@ class Client {
   std::function<void(const std::string&)> on_epoch_failed_;
 
   uint64_t quorum_seq_ = 0;  // caller's thread only
+  std::atomic<double> heartbeat_interval_s_{1};  // may be shortened by the coordinator's death timeout
+  std::atomic<double> coordinator_death_s_{5};   // as the coordinator told us
   std::atomic<bool> heartbeats_suspended_{false};
   std::atomic<bool> stopping_{false};
   std::mutex hb_mu_;

@@ -79,7 +79,8 @@ Coordinator::Coordinator(CoordinatorOptions options, ReplyFn deferred_reply, dou
     : options_(std::move(options)),
       reply_(std::move(deferred_reply)),
       incarnation_(incarnation ? incarnation : random_incarnation(now)),
-      started_at_(now) {
+      started_at_(now),
+      last_tick_(now) {
   options_.validate();
 }
 
@@ -277,6 +278,16 @@ void Coordinator::on_close(uint64_t conn, double now) {
 void Coordinator::tick(double now) {
   std::lock_guard<std::mutex> lock(mu_);
   const Timeouts& t = options_.timeouts;
+  const double gap = now - last_tick_;
+  last_tick_ = now;
+  if (gap > t.heartbeat_death_s / 4) {
+    log::warn("coordinator: it did not run for {:.1f} s (stopped or starved); that time does not count against "
+              "the workers",
+              gap);
+    for (auto& [id, m] : members_) m.last_seen += gap;
+    if (round_opened_at_ >= 0) round_opened_at_ += gap;
+    if (vote_ && !vote_->result) vote_->opened_at += gap;
+  }
   std::vector<uint64_t> dead;
   for (auto& [id, m] : members_)
     if (now - m.last_seen > t.heartbeat_death_s) dead.push_back(id);

@@ -77,7 +77,10 @@ class Coordinator {
   // member's heartbeats, that member crashed and is evicted.
   void on_close(uint64_t conn, double now);
   // Deaths, quorum-wait and vote expiries, pending answers. Call often
-  // (e.g. every heartbeat_death / 20).
+  // (e.g. every heartbeat_death / 20). A gap of more than a quarter of the
+  // death timeout since the previous tick means the coordinator itself was
+  // not running (stopped, starved): that time does not count against the
+  // workers, whose heartbeats it could not read.
   void tick(double now);
 
   // The wire entry point: decodes `body`, dispatches, encodes the answer;
@@ -161,6 +164,7 @@ class Coordinator {
   std::deque<uint64_t> evicted_order_;  // bounds evicted_
   std::string waiting_for_;
   double waiting_logged_at_ = -1;
+  double last_tick_ = 0;
   int64_t committed_step_ = -1;
   uint64_t commits_ = 0, failed_votes_ = 0, quorums_ = 0, evictions_ = 0;
   uint64_t version_ = 0;

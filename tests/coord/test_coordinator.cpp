@@ -59,7 +59,7 @@ class Sim {
     r.last_epoch = last_epoch;
     r.last_world_size = lws;
     r.restart_count = restart;
-    w.token = c.on_register(r, w.conn, now).token;
+    w.token = c.on_register(r, w.hb_conn, now).token;  // as the client does
     return w;
   }
   HeartbeatReply hb(const W& w, uint32_t epoch = 0, int64_t step = 0) {
@@ -231,6 +231,25 @@ TEST(Coordinator, SilentMemberIsEvictedAfterDeathTheVoteFailsAndSurvivorsGoOn) {
   EXPECT_EQ(q2.quorum.heal_from[1], -1);
   EXPECT_EQ(q2.quorum.heal_from[2], 0);  // from a healthy member
   for (auto& r : all_commit(s, {&a, &b, &c2}, 3, 2)) EXPECT_TRUE(r.committed);
+}
+
+TEST(Coordinator, TimeTheCoordinatorDidNotRunDoesNotCountAgainstWorkers) {
+  Sim s(test_options(1, 2));
+  W a = s.reg("r0"), b = s.reg("r1");
+  all_quorum(s, {&a, &b}, 0);
+  s.advance(3, {&a, &b});
+  // The coordinator was stopped for 4.8 s: the heartbeats sent meanwhile sit
+  // unread in its sockets. On waking it must not evict everyone.
+  s.now += 4.8;
+  s.c.tick(s.now);
+  EXPECT_EQ(s.c.status(s.now).evictions, 0u);
+  s.hb(a);
+  s.hb(b);
+  // Real silence still kills.
+  s.advance(6, {&a});
+  auto st = s.c.status(s.now);
+  EXPECT_EQ(st.evictions, 1u);
+  EXPECT_EQ(s.hb(b).status, MemberStatus::Evicted);
 }
 
 TEST(Coordinator, ClosedHeartbeatConnectionEvictsAtOnce) {
