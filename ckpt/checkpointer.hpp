@@ -132,8 +132,10 @@ class Checkpointer {
   // with the same steps, in increasing order. Returns false if the save was
   // skipped (BusyPolicy::Skip). Throws ConfigError on a non-increasing step.
   bool save(const SaveRequest& request);
-  // save() then wait(); throws the save's error (IoError, Timeout, ...).
-  // Ignores the busy policy: a final save is never skipped.
+  // save() then wait(); throws IoError naming the save's failure. Ignores the
+  // busy policy (a final save, e.g. on SIGTERM, is never skipped), so with
+  // BusyPolicy::Skip and several ranks every rank must use save_now() for
+  // that step.
   void save_now(const SaveRequest& request);
   // Waits until no save is in flight; returns the outcome of the last save.
   SaveOutcome wait();

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <memory>
@@ -147,12 +148,13 @@ SaveBenchResult run_save_benchmark(const SaveBenchOptions& o) {
     }
     res.sync_write_samples.push_back(sync_write);
 
-    // Plain sequential write of as many bytes, same disk, one fsync.
-    {
+    // Plain sequential write of as many bytes, same disk, one fsync: alone,
+    // then while training runs.
+    auto plain_write = [&] {
       fs::path plain = root / "plain.bin";
       Stopwatch sw;
       UniqueFd fd = open_file(plain, O_WRONLY | O_CREAT | O_TRUNC);
-      const auto* src = reinterpret_cast<const char*>(params.data());
+      const auto* src = reinterpret_cast<const char*>(adam_v.data());
       const uint64_t src_bytes = elems * 4, chunk = 8ull << 20;
       for (uint64_t done = 0; done < res.file_bytes;) {
         uint64_t off = done % src_bytes;
@@ -162,8 +164,27 @@ SaveBenchResult run_save_benchmark(const SaveBenchOptions& o) {
       }
       if (o.durable) fsync_file(fd.get(), plain);
       close_file(fd, plain);
-      res.plain_samples.push_back(sw.seconds());
+      double s = sw.seconds();
       fs::remove(plain, ec);
+      return s;
+    };
+    res.plain_samples.push_back(plain_write());
+    {
+      std::atomic<bool> done{false};
+      double s = 0;
+      std::exception_ptr err;
+      std::thread writer([&] {
+        try {
+          s = plain_write();
+        } catch (...) {
+          err = std::current_exception();
+        }
+        done = true;
+      });
+      while (!done) training_step(params, adam_m);
+      writer.join();
+      if (err) std::rethrow_exception(err);
+      res.plain_busy_samples.push_back(s);
     }
 
     // Asynchronous save: training continues while the writer works.
@@ -207,6 +228,7 @@ SaveBenchResult run_save_benchmark(const SaveBenchOptions& o) {
   res.async_write_s = median(res.async_write_samples);
   res.async_commit_s = median(commit_samples);
   res.plain_write_s = median(res.plain_samples);
+  res.plain_busy_write_s = median(res.plain_busy_samples);
   res.step_idle_s = median(idle_steps);
   res.step_during_save_s = median(busy_steps);
   return res;

@@ -11,7 +11,9 @@
 #include "ckpt/checkpoint_dir.hpp"
 #include "ckpt/checkpoint_reader.hpp"
 #include "ckpt/manifest.hpp"
+#include "ckpt/save_schedule.hpp"
 #include "ckpt/write_plan.hpp"
+#include "core/config.hpp"
 #include "ckpt_test_util.hpp"
 #include "core/error.hpp"
 
@@ -671,4 +673,42 @@ TEST(Loading, LatestNamingAMissingDirectoryIsReportedAndSkipped) {
   TwoCheckpoints c;
   fs::remove_all(c.step_dir(2));
   c.expect_fallback_to_step1({"step-00000002", "does not exist"});
+}
+
+TEST(RoundTrip, SmallBlocksStraddlingTheWriterChunks) {
+  // Shards of ~1.5 MB with 12 KiB blocks: blocks cross the writer's 256 KiB
+  // write pieces, exercising the streaming block hasher.
+  TempDir dir;
+  std::vector<SyntheticState> st{SyntheticState::make(3'000'004), SyntheticState::make(3'000'004)};
+  st[0].fill(8);
+  st[1].fill(8);
+  save_with_threads(dir.str(), st, 1, false);
+  CheckpointReader rd(CheckpointDir(dir.path()).step_path(1));
+  EXPECT_TRUE(rd.verify().empty());
+  SyntheticState back = SyntheticState::make(3'000'004);
+  auto l = load_latest(dir.str(), back.layout, back.reads(0, 1, false));
+  ASSERT_TRUE(l);
+  expect_same(st[0], back);
+}
+
+TEST(Options, FromConfigAndSchedule) {
+  Config c = Config::from_string(
+      "[checkpoint]\ndir = \"/x\"\nkeep_last = 5\nif_busy = \"skip\"\nblock_size = \"1M\"\n");
+  CheckpointOptions o = CheckpointOptions::from_config(c);
+  c.finish();
+  EXPECT_EQ(o.dir, "/x");
+  EXPECT_EQ(o.keep_last, 5);
+  EXPECT_EQ(o.if_busy, BusyPolicy::Skip);
+  EXPECT_EQ(o.block_bytes, 1u << 20);
+  Config bad = Config::from_string("[checkpoint]\nif_busy = \"maybe\"\n");
+  EXPECT_THROW(CheckpointOptions::from_config(bad), ConfigError);
+
+  SaveSchedule every10(10, 0);
+  EXPECT_FALSE(every10.due(0));
+  EXPECT_FALSE(every10.due(9));
+  EXPECT_TRUE(every10.due(10));
+  SaveSchedule by_time(0, 1e-9);
+  EXPECT_TRUE(by_time.due(1));
+  SaveSchedule never(0, 0);
+  EXPECT_FALSE(never.due(100));
 }
