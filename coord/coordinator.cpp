@@ -449,6 +449,10 @@ void Coordinator::try_form_quorum(double now) {
   for (auto& [id, m] : members_)  // map order = registration order
     if (m.waiting && !in_epoch(id)) joiners.push_back(id);
   const int min = options_.min_replicas, max = options_.max_replicas;
+  if (chosen.empty() && joiners.empty()) {  // nobody is at a step boundary: nothing is waited for
+    set_waiting_for({}, now);
+    return;
+  }
   if (chosen.empty()) {
     // No running epoch: the job starts, or restarts after losing everyone or
     // the coordinator. Wait for the expected size for a while so that the

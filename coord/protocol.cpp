@@ -120,8 +120,9 @@ std::string format_status(const StatusView& s) {
   std::string out;
   int in_epoch = 0;
   for (auto& m : s.members) in_epoch += m.rank >= 0;
+  const char* epoch_state = !s.epoch_failed ? "" : in_epoch > 0 ? " (failed, re-forming)" : " (ended)";
   out += fmt::format("coordinator up {} · epoch {}{} · {} member(s) + {} joining · replicas min {} max {}\n",
-                     age(s.uptime_s), s.epoch, s.epoch_failed ? " (failed, re-forming)" : "", in_epoch,
+                     age(s.uptime_s), s.epoch, epoch_state, in_epoch,
                      s.members.size() - static_cast<size_t>(in_epoch), s.min_replicas,
                      s.max_replicas > 0 ? std::to_string(s.max_replicas) : std::string("-"));
   out += fmt::format("committed step {} · {} commit(s), {} failed vote(s), {} quorum(s), {} eviction(s)\n",
