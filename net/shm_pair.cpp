@@ -473,7 +473,9 @@ bool ShmPair::pump_recv(std::string* bad) {
         if (draining_ && total > ring_) {
           cur_.discard = true;
         } else {
-          if (!draining_ && total > 0 && unexpected_bytes_ + total > ctx_.unexpected_budget) break;
+          bool worth_buffering = total <= kSmallUnexpectedBytes || posted_ > 0;
+          if (!draining_ && total > 0 && (!worth_buffering || unexpected_bytes_ + total > ctx_.unexpected_budget))
+            break;
           cur_.buf.reset(new char[total ? total : 1]);
           unexpected_bytes_ += total;
         }

@@ -639,7 +639,9 @@ TcpPair::Bind TcpPair::bind(TcpStream& s) {
         break;
       }
       if (!matched) {
-        if (h.total > 0 && unexpected_bytes_ + h.total > ctx_.unexpected_budget) return Bind::Stall;
+        bool worth_buffering = h.total <= kSmallUnexpectedBytes || !posted_.empty();
+        if (h.total > 0 && (!worth_buffering || unexpected_bytes_ + h.total > ctx_.unexpected_budget))
+          return Bind::Stall;
         m->buf.reset(new char[h.total ? h.total : 1]);
         unexpected_bytes_ += h.total;
       }
