@@ -1,6 +1,7 @@
 #include "ckpt/checkpointer.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -169,6 +170,20 @@ struct Checkpointer::ShardResult {
 
 void Checkpointer::AlignedFree::operator()(void* p) const { std::free(p); }
 
+std::unique_ptr<std::byte, Checkpointer::AlignedFree> Checkpointer::allocate_image(uint64_t& bytes) {
+  // Huge pages where the kernel allows them (THP "madvise" mode): fewer TLB
+  // misses in the snapshot copy, the one part of a save that blocks training.
+  constexpr uint64_t kHuge = 2ull << 20;
+  const uint64_t align = bytes >= kHuge ? kHuge : kPage;
+  bytes = align_up(bytes, align);
+  std::unique_ptr<std::byte, AlignedFree> p(static_cast<std::byte*>(std::aligned_alloc(align, bytes)));
+  if (!p) throw std::bad_alloc();
+  if (align == kHuge) ::madvise(p.get(), bytes, MADV_HUGEPAGE);
+  // Touching every page now moves the page faults out of the first snapshot.
+  std::memset(p.get(), 0, bytes);
+  return p;
+}
+
 Checkpointer::Checkpointer(CheckpointOptions options, StateLayout layout, std::vector<HeldBuffer> held, int rank,
                            int world, std::shared_ptr<net::Store> store)
     : opts_(std::move(options)),
@@ -224,12 +239,9 @@ Checkpointer::Checkpointer(CheckpointOptions options, StateLayout layout, std::v
     pos += w.range.size();
   }
   segments_end_ = align_up(pos, kPage);
-  // Reserve room for typical blobs too; touching every page now moves the page
-  // faults of the first snapshot out of the training loop.
+  // Room for typical blobs too.
   image_capacity_ = align_up(segments_end_ + (1ull << 20), kPage);
-  image_.reset(static_cast<std::byte*>(std::aligned_alloc(kPage, image_capacity_)));
-  if (!image_) throw std::bad_alloc();
-  std::memset(image_.get(), 0, image_capacity_);
+  image_ = allocate_image(image_capacity_);
 
   crash_ = CrashPlan::from_env();
   if (crash_.applies_to(rank_))
@@ -360,10 +372,8 @@ bool Checkpointer::save_impl(const SaveRequest& req, bool force) {
     job->file_bytes = pos;
     if (pos > image_capacity_) {
       uint64_t cap = align_up(pos + (pos >> 3), kPage);
-      std::unique_ptr<std::byte, AlignedFree> bigger(static_cast<std::byte*>(std::aligned_alloc(kPage, cap)));
-      if (!bigger) throw std::bad_alloc();
-      std::memset(bigger.get(), 0, cap);
-      image_ = std::move(bigger);
+      image_.reset();
+      image_ = allocate_image(cap);
       image_capacity_ = cap;
     }
     std::byte* img = image_.get();

@@ -172,6 +172,7 @@ class Checkpointer {
   struct AlignedFree {
     void operator()(void* p) const;
   };
+  static std::unique_ptr<std::byte, AlignedFree> allocate_image(uint64_t& bytes);  // rounds bytes up
   std::unique_ptr<std::byte, AlignedFree> image_;
   uint64_t image_capacity_ = 0;
 

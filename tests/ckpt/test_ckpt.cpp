@@ -637,10 +637,11 @@ TEST(Saving, ARankThatNeverHandsInItsShardFailsTheSaveCleanly) {
   save_with_threads(dir.str(), st, 1, false);  // a good checkpoint first
   auto store = std::make_shared<net::MemStore>();
   CheckpointOptions o = options(dir.str());
-  o.commit_timeout_s = 0.5;
+  o.commit_timeout_s = 1.0;
   testing::internal::CaptureStderr();
   std::unique_ptr<Checkpointer> r1;
   std::thread t([&] { r1 = std::make_unique<Checkpointer>(o, st[1].layout, st[1].held(1, 2, false), 1, 2, store); });
+  store->get("ckpt/held/1", Deadline::in_seconds(30));  // the short timeout is for the commit, not for thread start-up
   Checkpointer r0(o, st[0].layout, st[0].held(0, 2, false), 0, 2, store);
   t.join();
   // Rank 1 does not call save (as if it died): rank 0 must give up, not commit.

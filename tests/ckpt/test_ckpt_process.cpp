@@ -47,14 +47,16 @@ bool exited_ok(int status) { return WIFEXITED(status) && WEXITSTATUS(status) == 
 bool killed_by(int status, int sig) { return WIFSIGNALED(status) && WTERMSIG(status) == sig; }
 
 // Rank r of `world` processes: state filled with `seed`, saved at `step`.
+// `ready_key` (if given) is set in the store once the Checkpointer exists.
 void save_as_process(const std::string& dir, uint16_t port, int r, int world, int64_t step, uint64_t seed,
-                     double timeout_s = 30) {
+                     double timeout_s = 30, const std::string& ready_key = "") {
   auto store = std::make_shared<net::TcpStore>(net::HostPort{"127.0.0.1", port});
   SyntheticState s = SyntheticState::make();
   s.fill(seed);
   CheckpointOptions o = options(dir);
   o.commit_timeout_s = timeout_s;
   Checkpointer ck(o, s.layout, s.held(r, world, /*sharded=*/true), r, world, store);
+  if (!ready_key.empty()) store->set(ready_key, "1");
   ck.save_now(request(step, r));
 }
 
@@ -176,7 +178,9 @@ TEST(Processes, KilledRankFailsTheCommitAndKeepsThePreviousCheckpoint) {
   testing::internal::CaptureStderr();
   pid_t r0 = fork_child([&] {
     try {
-      save_as_process(dir.str(), server.port(), 0, 2, 2, 2, /*timeout_s=*/1.5);
+      // The short timeout is for the commit: let rank 1 start up first.
+      net::TcpStore({"127.0.0.1", server.port()}).get("test/rank1-ready", Deadline::in_seconds(30));
+      save_as_process(dir.str(), server.port(), 0, 2, 2, 2, /*timeout_s=*/3);
     } catch (const IoError& e) {
       if (std::string(e.what()).find("rank 1") == std::string::npos) throw;
       _exit(3);  // the expected failure
@@ -185,7 +189,7 @@ TEST(Processes, KilledRankFailsTheCommitAndKeepsThePreviousCheckpoint) {
   pid_t r1 = fork_child([&] {
     setenv("BRAID_CKPT_CRASH_AT", "after-shard-write", 1);
     setenv("BRAID_CKPT_CRASH_RANK", "1", 1);
-    save_as_process(dir.str(), server.port(), 1, 2, 2, 2);
+    save_as_process(dir.str(), server.port(), 1, 2, 2, 2, 30, "test/rank1-ready");
   });
   int s1 = wait_child(r1);
   int s0 = wait_child(r0);
