@@ -6,6 +6,10 @@
 //   exchange  both directions at once, as in one step of a ring all-reduce
 //   reduce    exchange whose receive folds f32 sums into the destination
 //             (irecv_reduce), the inner step of an all-reduce
+//   allreduce2  the message pattern of a 2-rank ring all-reduce of SIZE
+//             bytes, as comm/ runs it: chunks of --chunk bytes, --window
+//             receives posted ahead and sends outstanding (reduce-scatter
+//             with irecv_reduce, then all-gather); GB/s is its busbw
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sched.h>
@@ -41,6 +45,8 @@ struct NetBenchOptions {
   std::string faults;
   size_t ring = 1 << 20;
   size_t socket_buffer = 4 << 20;
+  size_t chunk = 512 << 10;
+  int window = 4;
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -63,6 +69,61 @@ void add_f32(void* dst, const void* local, const void* in, size_t n) {
 }
 
 Deadline long_deadline() { return Deadline::in_seconds(120); }
+
+// The messages of a 2-rank ring all-reduce: rank r owns half r. Reduce-scatter
+// sends our copy of the other half and folds the peer's copy of ours into
+// out; all-gather sends our finished half and receives the other. Message m
+// (of 2C) is chunk m % C of its phase; tags are distinct per message.
+void allreduce2(net::Pair& p, int rank, const char* in, char* out, size_t n, size_t chunk, int window,
+                uint64_t tag_base) {
+  const size_t half = n / 2 / 4 * 4;
+  const size_t mine = rank == 0 ? 0 : half, theirs = rank == 0 ? half : 0;
+  const size_t len_mine = rank == 0 ? half : n - half, len_theirs = n - len_mine;
+  chunk = std::max<size_t>(chunk / 4 * 4, 4);
+  const size_t C = std::max<size_t>((std::max(len_mine, len_theirs) + chunk - 1) / chunk, 1);
+  const size_t M = 2 * C;
+  net::Combiner comb;
+  comb.elem_size = 4;
+  comb.fn = add_f32;
+  auto piece = [&](size_t base, size_t len, size_t k, size_t* at) {
+    size_t lo = std::min(len, k * chunk), hi = std::min(len, (k + 1) * chunk);
+    *at = base + lo;
+    return hi - lo;
+  };
+  std::vector<net::RequestPtr> recvs(M), sends(M);
+  size_t posted_r = 0, done_r = 0, posted_s = 0, done_s = 0;
+  const size_t W = static_cast<size_t>(std::max(window, 1));
+  uint64_t tag = tag_base << 24;
+  while (done_r < M || done_s < M) {
+    while (posted_r < M && posted_r < done_r + W) {
+      size_t m = posted_r++, at;
+      if (m < C) {  // the peer's copy of our half, folded into out
+        size_t len = piece(mine, len_mine, m, &at);
+        recvs[m] = p.irecv_reduce(out + at, in + at, len, tag + m, comb);
+      } else {  // the peer's finished half
+        size_t len = piece(theirs, len_theirs, m - C, &at);
+        recvs[m] = p.irecv(out + at, len, tag + m);
+      }
+    }
+    while (posted_s < M && posted_s < done_s + W && (posted_s < C || posted_s - C < done_r)) {
+      size_t m = posted_s++, at;
+      if (m < C) {
+        size_t len = piece(theirs, len_theirs, m, &at);
+        sends[m] = p.isend(in + at, len, tag + m);
+      } else {
+        size_t len = piece(mine, len_mine, m - C, &at);
+        sends[m] = p.isend(out + at, len, tag + m);
+      }
+    }
+    while (done_s < posted_s && sends[done_s]->done()) sends[done_s++]->wait(long_deadline());
+    if (done_r < posted_r) {
+      recvs[done_r]->wait(long_deadline());
+      recvs[done_r++].reset();
+    } else if (done_s < posted_s) {
+      sends[done_s++]->wait(long_deadline());
+    }
+  }
+}
 
 // One measurement, reported by rank 0.
 struct Row {
@@ -138,8 +199,10 @@ int run_rank(int rank, const NetBenchOptions& o, const std::string& store_dir, c
           auto s = p.isend(out.data(), n, t);
           s->wait(long_deadline());
           r->wait(long_deadline());
+        } else if (test == "allreduce2") {
+          allreduce2(p, rank, out.data(), acc.data(), n, o.chunk, o.window, t);
         } else {
-          throw ConfigError("unknown test '" + test + "'", "use pingpong, stream, exchange, reduce");
+          throw ConfigError("unknown test '" + test + "'", "use pingpong, stream, exchange, reduce, allreduce2");
         }
       };
       // Both ranks derive the same count from the size (no calibration
@@ -177,10 +240,12 @@ std::function<int()> setup(CLI::App& app) {
   auto* cmd = app.add_subcommand("net", "Point-to-point latency and bandwidth of the transports (2 ranks)");
   cmd->add_option("--transport", o->transport, "tcp, shm or both")->capture_default_str();
   cmd->add_option("--sizes", o->sizes, "message sizes, e.g. 8,1K,64M or 8:64M")->capture_default_str();
-  cmd->add_option("--tests", o->tests, "pingpong,stream,exchange,reduce")->capture_default_str();
+  cmd->add_option("--tests", o->tests, "pingpong,stream,exchange,reduce,allreduce2")->capture_default_str();
   cmd->add_option("--streams", o->streams, "TCP connections per peer")->capture_default_str();
   cmd->add_option("--seconds", o->seconds, "time per measurement")->capture_default_str();
   cmd->add_option("--ring", o->ring, "shared-memory ring bytes")->capture_default_str();
+  cmd->add_option("--chunk", o->chunk, "allreduce2: chunk bytes")->capture_default_str();
+  cmd->add_option("--window", o->window, "allreduce2: messages in flight each way")->capture_default_str();
   cmd->add_option("--socket-buffer", o->socket_buffer, "TCP socket buffer bytes (0 = kernel autotuning)")
       ->capture_default_str();
   cmd->add_option("--faults", o->faults, "fault injection, e.g. latency=1ms");

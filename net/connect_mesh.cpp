@@ -18,6 +18,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/bytes.hpp"
 #include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -131,6 +132,7 @@ std::shared_ptr<Mesh> connect_mesh(Store& store, const MeshOptions& in) {
     throw ConfigError(fmt::format("rank {} is outside a world of size {}", o.rank, o.size));
   if (o.streams_per_peer < 1 || o.streams_per_peer > 64)
     throw ConfigError(fmt::format("streams_per_peer={} is out of range", o.streams_per_peer), "use 1..64");
+  if (auto v = env::get("BRAID_SHM_RING_BYTES"); v && !v->empty()) o.shm_ring_bytes = parse_bytes(*v);
   if (o.shm_ring_bytes < (64 << 10) || (o.shm_ring_bytes & (o.shm_ring_bytes - 1)) != 0)
     throw ConfigError(fmt::format("shm_ring_bytes={} is not a power of two >= 64 KiB", o.shm_ring_bytes));
   if (o.max_frame_bytes < (64 << 10))
