@@ -279,6 +279,7 @@ struct Communicator::Impl {
                  &counters);
     c.chunk_bytes = chunk_bytes;
     c.window = window;
+    c.spin_ns = static_cast<int64_t>(options.spin_wait_us * 1000);
     c.type = d.type;
     c.elem = dtype_size(d.type);
     c.op = d.op;

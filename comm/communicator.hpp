@@ -46,6 +46,10 @@ struct CommOptions {
   // caller can overlap them with work.
   size_t inline_max_bytes = 64 << 10;
   int chunks_in_flight = 0;     // pipeline window per direction; 0 = default (4)
+  // How long a collective busy-waits (driving shared-memory progress) for
+  // its next message before it yields the CPU and then sleeps. Yielding
+  // costs tens of microseconds on a busy machine; spinning costs CPU.
+  double spin_wait_us = 50;
 };
 
 // Timing of one operation, for measuring how much communication was hidden.

@@ -1,6 +1,7 @@
 #include "comm/algo/collective.hpp"
 
 #include "comm/reduce.hpp"
+#include "core/thread.hpp"
 
 namespace braid::comm {
 
@@ -73,7 +74,21 @@ net::RequestPtr Collective::recv_reduce(int peer, void* dst, const void* local, 
 }
 
 void Collective::wait(const net::RequestPtr& r) const {
-  if (r) r->wait(deadline_);
+  if (!r) return;
+  // Spin first, driving the inline progress of shared memory, for a bounded
+  // time: a collective's next message usually arrives within microseconds,
+  // and giving up the CPU (Request::wait yields, then sleeps) costs tens of
+  // microseconds whenever the machine is busy. Without inline progress (TCP
+  // only) the transport's own thread does the work, so spin only briefly.
+  if (!r->done() && spin_ns > 0) {
+    net::Progress* progress = g_.mesh->progress();
+    const int64_t until = now_ns() + (progress ? spin_ns : spin_ns / 8);
+    for (uint32_t i = 1; !r->done(); ++i) {
+      if (!(progress && progress->progress())) cpu_relax();
+      if ((i & 31) == 0 && now_ns() > until) break;
+    }
+  }
+  r->wait(deadline_);
 }
 
 void Collective::wait_all(std::vector<net::RequestPtr>& rs) const {
