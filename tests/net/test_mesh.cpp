@@ -340,6 +340,17 @@ TEST_P(MeshTest, MessagesSentBeforeThePeerLeftStayReceivable) {
   EXPECT_THROW(m[1]->pair(0).isend(nothing, 4, 100)->wait(soon()), PeerLost);
 }
 
+TEST_P(MeshTest, DestroyingTheMeshFailsItsPendingRequests) {
+  // Small socket buffers, so that the kernel cannot take the whole send.
+  auto m = connect(2, [](MeshOptions& o) { o.socket_buffer_bytes = 64 << 10; });
+  std::vector<uint8_t> big(8 << 20), small(16);
+  auto r = m[0]->pair(1).irecv(small.data(), small.size(), 1);
+  auto s = m[0]->pair(1).isend(big.data(), big.size(), 2);  // nobody receives it
+  m[0].reset();
+  EXPECT_THROW(r->wait(soon()), Aborted);
+  EXPECT_THROW(s->wait(soon()), Aborted);
+}
+
 TEST_P(MeshTest, WaitHonoursItsDeadline) {
   auto m = connect(2);
   uint8_t b[8];
