@@ -49,7 +49,7 @@ struct CommOptions {
   // How long a collective busy-waits (driving shared-memory progress) for
   // its next message before it yields the CPU and then sleeps. Yielding
   // costs tens of microseconds on a busy machine; spinning costs CPU.
-  double spin_wait_us = 50;
+  double spin_wait_us = 1000;
 };
 
 // Timing of one operation, for measuring how much communication was hidden.

@@ -78,11 +78,13 @@ void Collective::wait(const net::RequestPtr& r) const {
   // Spin first, driving the inline progress of shared memory, for a bounded
   // time: a collective's next message usually arrives within microseconds,
   // and giving up the CPU (Request::wait yields, then sleeps) costs tens of
-  // microseconds whenever the machine is busy. Without inline progress (TCP
-  // only) the transport's own thread does the work, so spin only briefly.
+  // microseconds whenever the machine is busy — and once one rank sleeps,
+  // its peer soon does too, and every step then costs a sleep. Without inline
+  // progress (TCP, threads) another thread does the work and needs the CPU,
+  // so spin only briefly.
   if (!r->done() && spin_ns > 0) {
     net::Progress* progress = g_.mesh->progress();
-    const int64_t until = now_ns() + (progress ? spin_ns : spin_ns / 8);
+    const int64_t until = now_ns() + (progress ? spin_ns : spin_ns / 50);
     for (uint32_t i = 1; !r->done(); ++i) {
       if (!(progress && progress->progress())) cpu_relax();
       if ((i & 31) == 0 && now_ns() > until) break;

@@ -106,7 +106,7 @@ class Collective {
   int64_t avg_divisor = 0;
   size_t chunk_bytes = 512 << 10;
   int window = 4;  // chunks in flight per direction
-  int64_t spin_ns = 50'000;  // busy-wait before the transport's yield-then-sleep wait
+  int64_t spin_ns = 1'000'000;  // busy-wait before the transport's yield-then-sleep wait
 
   // dst = op(a, b) over `count` elements of `type`.
   void reduce(void* dst, const void* a, const void* b, size_t count) const;

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   size_t chunk = 0;
   int window = 0;
   bool raw = false;
+  double spin_us = -1;
   app.add_option("--np", np, "ranks");
   app.add_flag("--raw", raw, "also time the bare transport exchange (2 ranks) for comparison");
   app.add_option("--transport", transport, "shm|tcp");
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
   app.add_option("--chunk", chunk, "pipeline chunk bytes (0: default)");
   app.add_option("--window", window, "chunks in flight (0: default)");
   app.add_option("--streams", streams, "TCP streams per peer");
+  app.add_option("--spin-us", spin_us, "CommOptions::spin_wait_us (default: the library's)");
   CLI11_PARSE(app, argc, argv);
 
   const DType type = parse_dtype(dtype_text);
@@ -72,6 +74,7 @@ int main(int argc, char** argv) {
       co.chunk_bytes = chunk;
       co.chunks_in_flight = window;
       co.timeout_s = 120;
+      if (spin_us >= 0) co.spin_wait_us = spin_us;
       Communicator comm(net::connect_mesh(store, mo), co);
       if (r == 0)
         std::printf("# np %d transport %s op %s algo %s dtype %s reduce-isa %s\n", np, transport.c_str(),
