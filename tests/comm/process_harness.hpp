@@ -25,6 +25,7 @@ struct TransportCase {
   std::string name;
   net::TransportChoice transport;
   int per_host;  // > 0: host ids give this many ranks per host (auto picks shm inside, tcp across)
+  int streams = 1;  // TCP connections per peer
 };
 
 inline std::string fresh_dir(const std::string& what) {
@@ -43,6 +44,7 @@ inline net::MeshOptions mesh_options(const TransportCase& t, int rank, int size)
   o.transport = t.transport;
   o.host_id = t.per_host > 0 ? "host" + std::to_string(rank / t.per_host) : "testhost";
   o.connect_timeout_s = 60;
+  o.streams_per_peer = t.streams;
   return o;
 }
 

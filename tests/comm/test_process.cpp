@@ -172,11 +172,12 @@ TEST_P(ProcessSweep, ResultsMatchTheReferenceOnEveryRank) {
 const TransportCase kTcp{"tcp", net::TransportChoice::Tcp, 0};
 const TransportCase kShm{"shm", net::TransportChoice::Shm, 0};
 const TransportCase kTwoHosts{"hosts", net::TransportChoice::Auto, 2};
+const TransportCase kTcp4{"tcp4streams", net::TransportChoice::Tcp, 0, 4};
 
 INSTANTIATE_TEST_SUITE_P(Comm, ProcessSweep,
                          ::testing::Values(std::make_tuple(kTcp, 2), std::make_tuple(kTcp, 3),
                                            std::make_tuple(kShm, 2), std::make_tuple(kShm, 4),
-                                           std::make_tuple(kTwoHosts, 4)),
+                                           std::make_tuple(kTwoHosts, 4), std::make_tuple(kTcp4, 2)),
                          [](const auto& info) {
                            return fmt::format("{}_n{}", std::get<0>(info.param).name, std::get<1>(info.param));
                          });
