@@ -50,11 +50,11 @@ class ShmControl final : public IoHandler {
   Fd fd_;
   std::mutex send_mu_;
   bool write_shut_ = false;
-  // loop thread only
+  // loop thread only (the flags are also read or set by other threads)
   char buf_[kFrameHeaderBytes + 4096];
   size_t have_ = 0;
-  bool eof_ = false;
-  bool dead_ = false;
+  std::atomic<bool> eof_{false};
+  std::atomic<bool> dead_{false};
 };
 
 class ShmPair final : public Pair {

@@ -142,12 +142,13 @@ TEST(Faults, EnvironmentVariableIsRead) {
   setenv("BRAID_FAULTS", "latency=30ms", 1);
   auto m = connect_threads(2, [](int r) { return options_for(all_variants()[0], r, 2); });
   unsetenv("BRAID_FAULTS");
-  uint64_t v = 1;
+  uint64_t v = 1, got = 0;
   Stopwatch sw;
-  auto rq = m[1]->pair(0).irecv(&v, 8, 1);
+  auto rq = m[1]->pair(0).irecv(&got, 8, 1);
   m[0]->pair(1).isend(&v, 8, 1)->wait(soon());
   rq->wait(soon());
   EXPECT_GE(sw.seconds(), 0.03);
+  EXPECT_EQ(got, 1u);
 }
 
 }  // namespace
