@@ -36,16 +36,16 @@ namespace {
 struct NetBenchOptions {
   std::string transport = "both";
   std::string sizes = "8,64,1K,16K,256K,1M,4M,16M,64M";
-  std::string tests = "pingpong,stream,exchange,reduce";
+  std::string tests = "pingpong,stream,exchange,reduce,allreduce2";
   int streams = 1;
   double seconds = 0.5;  // per measurement
   bool json = false;
   std::string netns;     // "braid-h0,braid-h1": run the two ranks in these namespaces
   std::string addrs;     // bind addresses for the two ranks (with --netns)
   std::string faults;
-  size_t ring = 1 << 20;
-  size_t socket_buffer = 4 << 20;
-  size_t chunk = 512 << 10;
+  std::string ring = "1M";
+  std::string socket_buffer = "4M";
+  std::string chunk = "512K";
   int window = 4;
 };
 
@@ -151,8 +151,8 @@ int run_rank(int rank, const NetBenchOptions& o, const std::string& store_dir, c
   mo.group = "bench-" + tname;
   mo.transport = net::parse_transport(tname);
   mo.streams_per_peer = o.streams;
-  mo.shm_ring_bytes = o.ring;
-  mo.socket_buffer_bytes = o.socket_buffer;
+  mo.shm_ring_bytes = parse_bytes(o.ring);
+  mo.socket_buffer_bytes = parse_bytes(o.socket_buffer);
   mo.host_id = o.netns.empty() ? "bench-host" : fmt::format("bench-host-{}", rank);
   if (!o.faults.empty()) mo.faults = net::FaultSpec::parse(o.faults);
   if (!o.netns.empty()) {
@@ -164,9 +164,9 @@ int run_rank(int rank, const NetBenchOptions& o, const std::string& store_dir, c
   net::Pair& p = mesh->pair(1 - rank);
   std::vector<Row> rows;
   uint64_t tag = 1;
-  for (const std::string& sz : split(o.sizes)) {
-    size_t n = parse_bytes(sz);
-    n = (n + 3) / 4 * 4;
+  const size_t chunk = parse_bytes(o.chunk);
+  for (uint64_t size : parse_byte_sizes(o.sizes)) {
+    size_t n = (size + 3) / 4 * 4;
     std::vector<char> out(std::max<size_t>(n, 4), 1), in(std::max<size_t>(n, 4), 0), acc(std::max<size_t>(n, 4));
     for (const std::string& test : split(o.tests)) {
       // Calibrate the iteration count on rank 0 and share it, so both agree.
@@ -200,7 +200,7 @@ int run_rank(int rank, const NetBenchOptions& o, const std::string& store_dir, c
           s->wait(long_deadline());
           r->wait(long_deadline());
         } else if (test == "allreduce2") {
-          allreduce2(p, rank, out.data(), acc.data(), n, o.chunk, o.window, t);
+          allreduce2(p, rank, out.data(), acc.data(), n, chunk, o.window, t);
         } else {
           throw ConfigError("unknown test '" + test + "'", "use pingpong, stream, exchange, reduce, allreduce2");
         }
@@ -243,10 +243,10 @@ std::function<int()> setup(CLI::App& app) {
   cmd->add_option("--tests", o->tests, "pingpong,stream,exchange,reduce,allreduce2")->capture_default_str();
   cmd->add_option("--streams", o->streams, "TCP connections per peer")->capture_default_str();
   cmd->add_option("--seconds", o->seconds, "time per measurement")->capture_default_str();
-  cmd->add_option("--ring", o->ring, "shared-memory ring bytes")->capture_default_str();
+  cmd->add_option("--ring", o->ring, "shared-memory ring bytes per direction")->capture_default_str();
   cmd->add_option("--chunk", o->chunk, "allreduce2: chunk bytes")->capture_default_str();
   cmd->add_option("--window", o->window, "allreduce2: messages in flight each way")->capture_default_str();
-  cmd->add_option("--socket-buffer", o->socket_buffer, "TCP socket buffer bytes (0 = kernel autotuning)")
+  cmd->add_option("--socket-buffer", o->socket_buffer, "TCP socket buffer bytes (0: kernel autotuning)")
       ->capture_default_str();
   cmd->add_option("--faults", o->faults, "fault injection, e.g. latency=1ms");
   cmd->add_option("--netns", o->netns, "run the two ranks in these network namespaces (scripts/netns-hosts)");
