@@ -22,7 +22,7 @@ namespace braid::net {
 // receive on the pair is waiting (it may be queued behind them); otherwise
 // they wait in the socket or ring for their own receive, which then gets
 // them directly, saving a copy and a large allocation.
-inline constexpr size_t kSmallUnexpectedBytes = 64 << 10;
+inline constexpr size_t kSmallUnexpectedBytes = 16 << 10;
 
 // Everything a pair needs from its mesh.
 struct PairContext {

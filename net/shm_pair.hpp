@@ -16,6 +16,7 @@
 // No thread, no syscall, no allocation on the path when the peer is
 // responsive; waiting spins, yields, then sleeps (Request::wait).
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -182,7 +183,7 @@ class ShmPair final : public Pair {
   size_t posted_ = 0;                   // slots in use and not yet bound
   uint64_t next_seq_ = 0;
   Current cur_;
-  std::vector<Unexpected> unexpected_done_;
+  std::deque<Unexpected> unexpected_done_;  // arrival order; the front usually matches
   size_t unexpected_bytes_ = 0;
 
   std::atomic<bool> failed_{false};

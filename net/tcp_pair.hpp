@@ -13,6 +13,7 @@
 // yet is buffered (one extra copy), up to unexpected_budget_bytes per pair;
 // past that the pair stops reading and TCP flow control pushes back.
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -172,7 +173,7 @@ class TcpPair final : public Pair {
   std::atomic<bool> failed_{false};
   std::vector<std::unique_ptr<RecvOp>> posted_;
   std::vector<std::unique_ptr<InMsg>> inflight_;
-  std::vector<std::unique_ptr<InMsg>> unexpected_done_;
+  std::deque<std::unique_ptr<InMsg>> unexpected_done_;  // arrival order; the front usually matches
   size_t unexpected_bytes_ = 0;
   std::atomic<int> stalled_{0};
   std::atomic<uint32_t> rr_{0};
