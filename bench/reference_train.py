@@ -7,8 +7,9 @@ trained with the same batch, context, AdamW hyper-parameters (weight decay on
 matrices and embeddings only), global-norm clipping and warm-up + cosine
 schedule. It is written the way nanoGPT writes it (nn.Module, nn.Linear,
 torch.optim.AdamW, clip_grad_norm_), i.e. idiomatic PyTorch as a user would
-write it, on the same LibTorch (Debian's python3-torch 1.13) and the same
-number of threads.
+write it, on the same LibTorch (Debian's python3-torch 1.13) with the same
+threads: --threads sets LibTorch's intra-op (OpenMP) threads, and `braid bench
+train` sets OPENBLAS_NUM_THREADS to the BLAS threads braid uses.
 
 Run with Debian's interpreter, which has torch: /usr/bin/python3.
 Prints one JSON object on the last line of stdout.
@@ -16,6 +17,7 @@ Prints one JSON object on the last line of stdout.
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -119,7 +121,7 @@ def main():
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=30, help="measured steps")
     ap.add_argument("--warmup", type=int, default=5, help="unmeasured steps first")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads (torch.set_num_threads)")
     ap.add_argument("--seed", type=int, default=1337)
     a = ap.parse_args()
 
@@ -144,8 +146,11 @@ def main():
     offsets = torch.arange(a.context + 1)
     tokens_per_step = a.batch * a.accum * a.context
     measured_time = 0.0
+    min_step = float("inf")
     losses = []
     for step in range(total):
+        if step == a.warmup:
+            cpu0 = time.process_time()
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, a.warmup_steps, a.lr, a.min_lr)
@@ -163,17 +168,20 @@ def main():
         dt = time.perf_counter() - t0
         if step >= a.warmup:
             measured_time += dt
+            min_step = min(min_step, dt)
 
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({
         "impl": "pytorch-python",
         "torch": torch.__version__,
         "threads": a.threads,
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
         "parameters": params,
         "steps": a.steps,
         "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_step * a.steps / measured_time,
-        "step_s": measured_time / a.steps,
+        "step_s": measured_time / a.steps, "min_step_s": min_step,
+        "cpu_s_per_step": (time.process_time() - cpu0) / a.steps,
         "first_loss": losses[0],
         "last_loss": losses[-1],
     }))

@@ -44,6 +44,23 @@ void FlatParameters::zero_grads() {
   grads_.zero_();
 }
 
+double FlatParameters::grad_sum_of_squares(int64_t begin, int64_t end) const {
+  if (begin < 0 || end > numel_ || begin > end) throw Error("grad_sum_of_squares: range out of bounds");
+  // Four partial sums: independent chains keep the FPU busy without
+  // reassociating (the order is fixed, so the result is deterministic).
+  auto sum = [&](const auto* g) {
+    double s[4] = {0, 0, 0, 0};
+    int64_t i = begin;
+    for (; i + 4 <= end; i += 4)
+      for (int k = 0; k < 4; ++k) s[k] += static_cast<double>(g[i + k]) * static_cast<double>(g[i + k]);
+    for (; i < end; ++i) s[0] += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+    return (s[0] + s[1]) + (s[2] + s[3]);
+  };
+  if (dtype_ == torch::kFloat32) return sum(grads_.data_ptr<float>());
+  if (dtype_ == torch::kFloat64) return sum(grads_.data_ptr<double>());
+  throw Error("grad_sum_of_squares: unsupported dtype");
+}
+
 float* FlatParameters::param_data() {
   if (dtype_ != torch::kFloat32) throw Error("flat parameters are not float32");
   return params_.data_ptr<float>();

@@ -48,6 +48,8 @@ class FlatParameters {
   // The 1-D flat buffers.
   const torch::Tensor& params() const { return params_; }
   const torch::Tensor& grads() const { return grads_; }
+  // Σ g² over grads()[begin, end), accumulated in double.
+  double grad_sum_of_squares(int64_t begin, int64_t end) const;
   // Raw float views (dtype must be float32).
   float* param_data();
   float* grad_data();

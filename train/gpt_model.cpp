@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/error.hpp"
+#include "train/fused_ops.hpp"
 
 namespace braid::train {
 
@@ -37,12 +38,6 @@ GptModel::GptModel(const ModelConfig& config, uint64_t seed, torch::Dtype dtype)
   lnf_w_ = params_.add("lnf.weight", {C}, false);
   lnf_b_ = params_.add("lnf.bias", {C}, false);
   params_.allocate();
-
-  // Additive causal mask, folded into the score matmul (baddbmm) so that
-  // scaling and masking cost no extra pass over the B·H·T² scores.
-  causal_bias_ = torch::full({T, T}, -std::numeric_limits<double>::infinity(),
-                             torch::TensorOptions().dtype(dtype))
-                     .triu(1);
   initialize(seed);
 }
 
@@ -74,18 +69,9 @@ void GptModel::initialize(uint64_t seed) {
 }
 
 torch::Tensor GptModel::attention(const Block& b, const torch::Tensor& h) {
-  const int64_t B = h.size(0), T = h.size(1), C = config_.width, H = config_.heads, D = C / H;
-  auto qkv = torch::linear(h, p(b.qkv_w), p(b.qkv_b));                  // [B, T, 3C]
-  auto parts = qkv.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});       // [3, B, H, T, D]
-  auto q = parts[0].reshape({B * H, T, D});
-  auto k = parts[1].reshape({B * H, T, D});
-  auto v = parts[2].reshape({B * H, T, D});
-  auto bias = causal_bias_.narrow(0, 0, T).narrow(1, 0, T);
-  // scores = mask + (q kᵀ) / sqrt(D) in one batched GEMM.
-  auto scores = torch::baddbmm(bias, q, k.transpose(1, 2), 1.0, 1.0 / std::sqrt(static_cast<double>(D)));
-  auto att = torch::softmax(scores, -1);
-  auto y = torch::bmm(att, v);                                           // [B·H, T, D]
-  y = y.view({B, H, T, D}).transpose(1, 2).reshape({B, T, C});
+  auto qkv = torch::linear(h, p(b.qkv_w), p(b.qkv_b));  // [B, T, 3C]
+  auto y = use_reference_ops_ ? causal_self_attention_reference(qkv, config_.heads)
+                                    : causal_self_attention(qkv, config_.heads);  // [B, T, C]
   return torch::linear(y, p(b.attn_proj_w), p(b.attn_proj_b));
 }
 
@@ -98,7 +84,8 @@ torch::Tensor GptModel::logits(const torch::Tensor& idx) {
   for (const auto& b : blocks_) {
     x = x + attention(b, torch::layer_norm(x, {C}, p(b.ln1_w), p(b.ln1_b), 1e-5));
     auto h = torch::layer_norm(x, {C}, p(b.ln2_w), p(b.ln2_b), 1e-5);
-    h = torch::gelu(torch::linear(h, p(b.fc_w), p(b.fc_b)));
+    auto fc = torch::linear(h, p(b.fc_w), p(b.fc_b));
+    h = use_reference_ops_ ? torch::gelu(fc) : train::gelu(fc);
     x = x + torch::linear(h, p(b.mlp_proj_w), p(b.mlp_proj_b));
   }
   x = torch::layer_norm(x, {C}, p(lnf_w_), p(lnf_b_), 1e-5);

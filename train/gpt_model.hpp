@@ -42,6 +42,9 @@ class GptModel {
   std::vector<int64_t> generate(const std::vector<int64_t>& prompt, int64_t new_tokens,
                                 double temperature, int64_t top_k, torch::Generator& gen);
 
+  // Stock LibTorch ops instead of the fused ones (attention, GELU), for tests.
+  void use_reference_ops(bool yes) { use_reference_ops_ = yes; }
+
   FlatParameters& params() { return params_; }
   const FlatParameters& params() const { return params_; }
   const ModelConfig& config() const { return config_; }
@@ -65,7 +68,7 @@ class GptModel {
   FlatParameters params_;
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   std::vector<Block> blocks_;
-  torch::Tensor causal_bias_;  // [context, context]: 0 on and below the diagonal, -inf above
+  bool use_reference_ops_ = false;
 };
 
 }  // namespace braid::train

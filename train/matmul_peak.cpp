@@ -3,18 +3,19 @@
 #include <fmt/format.h>
 
 #include "core/clock.hpp"
+#include "train/compute_threads.hpp"
 
 namespace braid::train {
 
 std::string MatmulPeak::describe() const {
-  return fmt::format("{:.1f} GFLOP/s (fp32 {}x{}x{} torch::mm, {} thread{})", flops_per_s * 1e-9, size,
+  return fmt::format("{:.1f} GFLOP/s (fp32 {}x{}x{} torch::mm, {} BLAS thread{})", flops_per_s * 1e-9, size,
                      size, size, threads, threads == 1 ? "" : "s");
 }
 
 MatmulPeak measure_matmul_peak(double budget_s) {
   torch::NoGradGuard no_grad;
   MatmulPeak best;
-  best.threads = torch::get_num_threads();
+  best.threads = blas_threads() > 0 ? blas_threads() : torch::get_num_threads();
   const int sizes[] = {256, 512, 1024};
   const double per_size = budget_s / 3.0;
   for (int n : sizes) {

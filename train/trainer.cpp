@@ -79,8 +79,7 @@ StepMetrics Trainer::train_step() {
   {
     const int64_t n = model_.params().numel();
     const int64_t begin = n * rank_ / world_, end = n * (rank_ + 1) / world_;
-    auto shard = model_.params().grads().narrow(0, begin, end - begin);
-    double sumsq = shard.numel() ? shard.to(torch::kFloat64).square().sum().item<double>() : 0.0;
+    double sumsq = model_.params().grad_sum_of_squares(begin, end);
     std::vector<double> v = {local_loss, sumsq};
     Stopwatch sw;
     uint64_t sent = comm_ && world_ > 1 ? comm_->stats().bytes_sent : 0;

@@ -21,7 +21,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   const bool lead = rank == 0;
 
   summary.threads = compute_threads_for(static_cast<int>(config.train.threads), options.local_ranks);
-  set_compute_threads(summary.threads);
+  summary.compute = set_compute_threads(summary.threads);
 
   auto data = TokenDataset::load(config.data, config.model.context, config.model.vocab_size);
 
@@ -50,9 +50,9 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
               m.width, m.heads, m.context, m.vocab_size, static_cast<double>(summary.parameters) * 1e-6);
     log::info("data: {} tokens from {} file(s) ({} train, {} validation)", data.size(), data.files().size(),
               data.train().size(), data.val().size());
-    log::info("job: {} rank(s) x {} thread(s), {} tokens per step ({} x {} x {} accumulation x {} ranks), "
+    log::info("job: {} rank(s) x ({}), {} tokens per step ({} x {} x {} accumulation x {} ranks), "
               "{} gradient bucket(s){}",
-              world, summary.threads, trainer.tokens_per_step(), config.train.batch_size, m.context,
+              world, summary.compute.describe(), trainer.tokens_per_step(), config.train.batch_size, m.context,
               config.train.grad_accum, world, trainer.data_parallel().buckets().size(),
               world > 1 ? (config.parallel.overlap ? ", overlapped with backward" : ", after backward") : "");
     log::info("MFU is measured against this host's matmul peak, not a datasheet: {} per rank, {:.1f} GFLOP/s "
@@ -113,7 +113,9 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     nlohmann::ordered_json j;
     j["steps"] = summary.steps;
     j["world_size"] = world;
-    j["threads_per_rank"] = summary.threads;
+    j["cores_per_rank"] = summary.threads;
+    j["blas_threads"] = summary.compute.blas;
+    j["intra_op_threads"] = summary.compute.intra_op;
     j["parameters"] = summary.parameters;
     j["tokens_per_step"] = trainer.tokens_per_step();
     j["flops_per_token"] = trainer.model().flops_per_token();

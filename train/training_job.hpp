@@ -8,6 +8,7 @@
 #include <string>
 
 #include "comm/communicator.hpp"
+#include "train/compute_threads.hpp"
 #include "train/matmul_peak.hpp"
 #include "train/train_config.hpp"
 
@@ -35,7 +36,8 @@ struct JobSummary {
   MatmulPeak peak;                   // this rank's calibration
   double job_peak_flops = 0;         // sum over ranks
   int64_t parameters = 0;
-  int threads = 0;
+  int threads = 0;                   // cores this rank computes on
+  ComputeThreads compute;            // how they were split between BLAS and LibTorch
   std::string sample;
   double wall_s = 0;
 };

@@ -3,8 +3,12 @@
 // against LibTorch's own implementation, and the learning-rate schedule.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <cmath>
 
+#include "train/cpu_kernels.hpp"
+#include "train/fused_ops.hpp"
 #include "train/flat_adamw.hpp"
 #include "train/gpt_model.hpp"
 #include "train/grad_buckets.hpp"
@@ -72,6 +76,84 @@ TEST(TrainModel, GradientsMatchFiniteDifferences) {
     }
   }
   EXPECT_LT(worst, 1e-5) << worst_at;
+}
+
+struct AttentionShape {
+  int64_t batch, seq, heads, head_dim;
+};
+
+TEST(TrainModel, FusedAttentionMatchesTheCompositeFormulation) {
+  // Odd sizes (head_dim not a multiple of the vector width, one token, one
+  // head) besides the usual ones.
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    for (auto s : {AttentionShape{2, 7, 3, 5}, AttentionShape{1, 1, 1, 8}, AttentionShape{2, 33, 2, 16},
+                   AttentionShape{3, 16, 4, 32}, AttentionShape{1, 40, 2, 64}, AttentionShape{2, 9, 1, 24}}) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(s.seq * 31 + s.heads);
+      auto base = torch::randn({s.batch, s.seq, 3 * s.heads * s.head_dim}, gen, dtype);
+      auto a = base.clone().requires_grad_(true), b = base.clone().requires_grad_(true);
+      auto ya = causal_self_attention(a, s.heads);
+      auto yb = causal_self_attention_reference(b, s.heads);
+      auto dy = torch::randn(ya.sizes(), gen, dtype);
+      (ya * dy).sum().backward();
+      (yb * dy).sum().backward();
+      const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
+      std::string what = fmt::format("{} B{} T{} H{} D{} ({})", dtype == torch::kFloat64 ? "f64" : "f32", s.batch,
+                                     s.seq, s.heads, s.head_dim, cpu_kernel_isa());
+      EXPECT_TRUE(torch::allclose(ya, yb, tol, tol)) << what << " forward " << (ya - yb).abs().max().item<double>();
+      EXPECT_TRUE(torch::allclose(a.grad(), b.grad(), tol, tol))
+          << what << " backward " << (a.grad() - b.grad()).abs().max().item<double>();
+    }
+  }
+}
+
+TEST(TrainModel, VectorAndScalarAttentionLoopsAgree) {
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    for (auto s : {AttentionShape{2, 37, 2, 8}, AttentionShape{1, 70, 3, 48}, AttentionShape{2, 128, 4, 32}}) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(s.seq);
+      auto base = torch::randn({s.batch, s.seq, 3 * s.heads * s.head_dim}, gen, dtype);
+      auto dy = torch::randn({s.batch, s.seq, s.heads * s.head_dim}, gen, dtype);
+      torch::Tensor out[2], grad[2];
+      for (int scalar = 0; scalar < 2; ++scalar) {
+        force_scalar_attention(scalar == 1);
+        auto x = base.clone().requires_grad_(true);
+        out[scalar] = causal_self_attention(x, s.heads);
+        (out[scalar] * dy).sum().backward();
+        grad[scalar] = x.grad();
+      }
+      force_scalar_attention(false);
+      const double tol = dtype == torch::kFloat64 ? 1e-12 : 2e-5;
+      EXPECT_TRUE(torch::allclose(out[0], out[1], tol, tol)) << "T" << s.seq << " D" << s.head_dim;
+      EXPECT_TRUE(torch::allclose(grad[0], grad[1], tol, tol)) << "T" << s.seq << " D" << s.head_dim;
+    }
+  }
+}
+
+TEST(TrainModel, FusedGeluMatchesLibTorch) {
+  for (auto dtype : {torch::kFloat64, torch::kFloat32}) {
+    // Every regime of erf: tails, the middle, exact zeros; odd length for the tail loop.
+    auto x0 = torch::cat({torch::linspace(-12, 12, 4001, dtype), torch::randn({777}, dtype) * 3,
+                          torch::zeros({3}, dtype)});
+    auto a = x0.clone().requires_grad_(true), b = x0.clone().requires_grad_(true);
+    auto ya = train::gelu(a), yb = torch::gelu(b);
+    auto dy = torch::randn(ya.sizes(), dtype);
+    (ya * dy).sum().backward();
+    (yb * dy).sum().backward();
+    const double tol = dtype == torch::kFloat64 ? 1e-12 : 1e-6;
+    EXPECT_TRUE(torch::allclose(ya, yb, tol, tol)) << (ya - yb).abs().max().item<double>();
+    EXPECT_TRUE(torch::allclose(a.grad(), b.grad(), tol, tol)) << (a.grad() - b.grad()).abs().max().item<double>();
+  }
+}
+
+TEST(TrainModel, FusedOpsAndReferenceOpsGiveTheSameModelGradients) {
+  auto cfg = tiny_model();
+  GptModel fused(cfg, 3), reference(cfg, 3);
+  reference.use_reference_ops(true);
+  auto x = ids({1, 4, 7, 2, 9, 3, 3, 10, 0, 5}, 2), y = ids({4, 7, 2, 9, 1, 3, 10, 0, 5, 6}, 2);
+  for (auto* m : {&fused, &reference}) {
+    m->params().zero_grads();
+    m->loss(x, y).backward();
+  }
+  EXPECT_TRUE(torch::allclose(fused.params().grads(), reference.params().grads(), 1e-4, 1e-6));
 }
 
 TEST(TrainModel, SameSeedSameWeightsOtherSeedOtherWeights) {
