@@ -31,7 +31,14 @@ void Request::wait(const Deadline& deadline) {
     if (progress_) {
       // Inline progress: yield the CPU instead of sleeping, so the peer runs.
       if (spins < 20000) { std::atomic_thread_fence(std::memory_order_seq_cst); sched_yield(); continue; }
-      futex_wait(&state_, kPending, 50'000, false);  // 50 us
+      // Then sleep until the progress source reports activity (shared memory:
+      // the peer rings a doorbell futex) or this request finishes.
+      waiters_.fetch_add(1, std::memory_order_acq_rel);
+      int64_t slice = deadline.remaining_ns();
+      if (slice > 10'000'000) slice = 10'000'000;
+      if (state() == kPending && !progress_->wait_for_activity(&state_, kPending, slice))
+        futex_wait(&state_, kPending, 50'000, false);  // 50 us
+      waiters_.fetch_sub(1, std::memory_order_acq_rel);
       continue;
     }
     waiters_.fetch_add(1, std::memory_order_acq_rel);

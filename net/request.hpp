@@ -21,6 +21,17 @@ class Progress {
   // Does whatever copying can be done now without blocking. Returns true if
   // anything moved.
   virtual bool progress() = 0;
+  // Blocks until this source may have something to move (a peer wrote data
+  // or freed space), or `word` no longer holds `expected` (the waited-for
+  // request finished), or `timeout_ns` passes; spurious returns are fine.
+  // Returns false if the source cannot block: the caller then sleeps on
+  // `word` alone, in short slices.
+  virtual bool wait_for_activity(std::atomic<uint32_t>* word, uint32_t expected, int64_t timeout_ns) {
+    (void)word;
+    (void)expected;
+    (void)timeout_ns;
+    return false;
+  }
 };
 
 class Request {

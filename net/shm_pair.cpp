@@ -1,8 +1,12 @@
 #include "net/shm_pair.hpp"
 
 #include <fmt/format.h>
+#include <linux/futex.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -35,6 +39,7 @@ static_assert(sizeof(RecordHeader) == kCell);
 size_t record_bytes(size_t piece) { return kCell + (piece <= kInlineMax ? 0 : (piece + kCell - 1) / kCell * kCell); }
 
 uint64_t load_acquire(uint64_t* p) { return std::atomic_ref<uint64_t>(*p).load(std::memory_order_acquire); }
+std::atomic_ref<uint32_t> word(uint32_t* p) { return std::atomic_ref<uint32_t>(*p); }
 void store_release(uint64_t* p, uint64_t v) { std::atomic_ref<uint64_t>(*p).store(v, std::memory_order_release); }
 
 }  // namespace
@@ -141,6 +146,10 @@ ShmPair::ShmPair(const PairContext& ctx, IoLoop& loop, int peer, std::unique_ptr
   tx_head_ = seg_->head(out);
   rx_ring_ = seg_->ring(1 - out);
   rx_head_ = seg_->head(1 - out);
+  my_doorbell_ = seg_->doorbell(out);
+  my_sleepers_ = seg_->sleepers(out);
+  peer_doorbell_ = seg_->doorbell(1 - out);
+  peer_sleepers_ = seg_->sleepers(1 - out);
   slots_.reserve(16);
   faulty_ = faults.applies(ctx.rank, peer);
   if (faulty_) gate_ = FaultGate(faults, peer);
@@ -188,7 +197,9 @@ RequestPtr ShmPair::isend(const void* buf, size_t len, Tag tag, uint32_t meta) {
   if (!faulty_ && sendq_.empty()) {
     // Fast path: straight into the ring, no queueing.
     bool moved = false;
-    if (write_some(data, len, tag, meta, &sent, &started, &moved)) {
+    bool all = write_some(data, len, tag, meta, &sent, &started, &moved);
+    if (moved) ring_peer();
+    if (all) {
       tx_lock_.unlock();
       req->complete();
       return req;
@@ -283,7 +294,60 @@ bool ShmPair::pump_send() {
     moved = true;
   }
   send_pending_.store(!sendq_.empty(), std::memory_order_relaxed);
+  if (moved) ring_peer();
   return moved;
+}
+
+void ShmPair::ring_peer() {
+  // Dekker with the sleeper: we published data (or freed space), it announced
+  // itself and then re-checked; a full fence on both sides means at least one
+  // of us sees the other.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (word(peer_sleepers_).load(std::memory_order_relaxed) == 0) return;
+  word(peer_doorbell_).fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(reinterpret_cast<std::atomic<uint32_t>*>(peer_doorbell_), INT32_MAX, true);
+}
+
+uint32_t ShmPair::arm_sleep() {
+  uint32_t v = word(my_doorbell_).load(std::memory_order_seq_cst);
+  word(my_sleepers_).fetch_add(1, std::memory_order_seq_cst);
+  return v;
+}
+
+void ShmPair::disarm_sleep() { word(my_sleepers_).fetch_sub(1, std::memory_order_seq_cst); }
+
+bool ShmProgress::wait_for_activity(std::atomic<uint32_t>* w, uint32_t expected, int64_t timeout_ns) {
+  if (no_waitv_.load(std::memory_order_relaxed) || pairs_.size() + 1 > FUTEX_WAITV_MAX) return false;
+  struct futex_waitv waiters[FUTEX_WAITV_MAX] = {};
+  size_t n = 0;
+  waiters[n].val = expected;
+  waiters[n].uaddr = reinterpret_cast<uintptr_t>(w);
+  waiters[n].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
+  ++n;
+  std::vector<ShmPair*> armed;
+  armed.reserve(pairs_.size());
+  for (ShmPair* p : pairs_) {
+    if (p->failed()) continue;
+    waiters[n].val = p->arm_sleep();
+    waiters[n].uaddr = reinterpret_cast<uintptr_t>(p->doorbell());
+    waiters[n].flags = FUTEX_32;
+    ++n;
+    armed.push_back(p);
+  }
+  // Announced: anything the peers publish from now on rings. Look once more
+  // so that what came just before is not slept through.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!progress() && w->load(std::memory_order_acquire) == expected) {
+    timespec abs{};
+    clock_gettime(CLOCK_MONOTONIC, &abs);
+    int64_t ns = abs.tv_nsec + timeout_ns;
+    abs.tv_sec += ns / 1'000'000'000;
+    abs.tv_nsec = ns % 1'000'000'000;
+    long r = syscall(SYS_futex_waitv, waiters, static_cast<unsigned>(n), 0u, &abs, CLOCK_MONOTONIC);
+    if (r < 0 && errno == ENOSYS) no_waitv_.store(true, std::memory_order_relaxed);
+  }
+  for (ShmPair* p : armed) p->disarm_sleep();
+  return !no_waitv_.load(std::memory_order_relaxed);
 }
 
 // ------------------------------------------------------------------ receiving
@@ -517,6 +581,7 @@ bool ShmPair::pump_recv(std::string* bad) {
     moved = true;
     if (cur_.got == cur_.total) finish_current();
   }
+  if (moved) ring_peer();  // space freed: a sender waiting for it may sleep
   return moved;
 }
 

@@ -77,6 +77,11 @@ class ShmPair final : public Pair {
 
   // Moves whatever can move now in both directions; true if anything did.
   bool progress();
+  // Sleeping (ShmProgress::wait_for_activity): announce a sleeper on this
+  // side and return the doorbell value to wait for a change of; then leave.
+  uint32_t* doorbell() const { return my_doorbell_; }
+  uint32_t arm_sleep();
+  void disarm_sleep();
 
   void attach();
   void begin_close(std::exception_ptr why);
@@ -137,6 +142,8 @@ class ShmPair final : public Pair {
   bool peer_gone_ = false;  // failed because the peer left (both locks)
   void deliver(uint64_t off, const char* src, size_t n);
   void finish_current();
+  // After moving data: wake the peer if it sleeps waiting for us.
+  void ring_peer();
 
   void fail(std::exception_ptr err, Cause cause);
   // The peer left (CLOSE or EOF): take every record it finished writing, then
@@ -162,6 +169,10 @@ class ShmPair final : public Pair {
   uint64_t* tx_head_;  // the peer's consumer position of our outgoing ring
   char* rx_ring_;
   uint64_t* rx_head_;  // our consumer position, published for the peer
+  uint32_t* my_doorbell_;
+  uint32_t* my_sleepers_;
+  uint32_t* peer_doorbell_;
+  uint32_t* peer_sleepers_;
 
   // sending (tx_lock_)
   SpinLock tx_lock_;
@@ -199,7 +210,9 @@ class ShmPair final : public Pair {
   ShmControl control_;
 };
 
-// Progress for every shm pair of a mesh (the Request hook).
+// Progress for every shm pair of a mesh (the Request hook). Waiting sleeps
+// on every pair's doorbell and the request's own word at once (futex_waitv),
+// so whichever comes first wakes the waiter.
 class ShmProgress final : public Progress {
  public:
   void add(ShmPair* p) { pairs_.push_back(p); }
@@ -208,9 +221,11 @@ class ShmProgress final : public Progress {
     for (ShmPair* p : pairs_) moved |= p->progress();
     return moved;
   }
+  bool wait_for_activity(std::atomic<uint32_t>* word, uint32_t expected, int64_t timeout_ns) override;
 
  private:
   std::vector<ShmPair*> pairs_;
+  std::atomic<bool> no_waitv_{false};  // the kernel lacks futex_waitv (before 5.16)
 };
 
 }  // namespace braid::net

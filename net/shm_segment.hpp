@@ -4,6 +4,7 @@
 //
 //   [0, 4096)            header: magic, version, ring size
 //   [4096, 4096+256)     per direction: the consumer's published head (own cache-line pair)
+//   [4608, 4608+256)     per side: doorbell futex word and sleeper count
 //   [8192, 8192+R)       ring of direction 0 (connector -> acceptor)
 //   [8192+R, 8192+2R)    ring of direction 1 (acceptor -> connector)
 //
@@ -40,6 +41,13 @@ class ShmSegment {
   uint64_t* head(int direction) const {
     return reinterpret_cast<uint64_t*>(base_ + 4096 + 128 * static_cast<size_t>(direction));
   }
+  // Side 0 is the connecting rank, 1 the accepting one. A side that goes to
+  // sleep counts itself in sleepers(side) and waits on doorbell(side); the
+  // peer bumps and wakes the doorbell after moving data while it is asleep.
+  uint32_t* doorbell(int side) const {
+    return reinterpret_cast<uint32_t*>(base_ + 4608 + 128 * static_cast<size_t>(side));
+  }
+  uint32_t* sleepers(int side) const { return doorbell(side) + 1; }
 
  private:
   ShmSegment() = default;
