@@ -58,7 +58,7 @@ std::vector<double> nice_ticks(double lo, double hi, int target = 5) {
 std::string tick_label(double v) {
   double a = std::abs(v);
   if (a >= 1e6) return fmt::format("{:.3g}M", v / 1e6);
-  if (a >= 1e4) return fmt::format("{:.3g}k", v / 1e3);
+  if (a >= 1e3) return fmt::format("{:.3g}k", v / 1e3);
   if (a == 0) return "0";
   return fmt::format("{:.3g}", v);
 }

@@ -271,7 +271,12 @@ int run_bench_train(const BenchTrainArgs& a) {
   };
   const double braid_med = median(braid_tps), python_med = median(python_tps);
   auto mfu = [&](double tps) { return tps * flops_per_token / std::max(peak.flops_per_s, 1.0); };
-  const double speedup = python_med > 0 ? braid_med / python_med : 0;
+  // Each braid run is paired with the Python run right after it (same load,
+  // within seconds); the median of the paired ratios is the speed-up.
+  std::vector<double> ratios;
+  for (size_t i = 0; i < python_tps.size() && i < braid_tps.size(); ++i)
+    if (python_tps[i] > 0) ratios.push_back(braid_tps[i] / python_tps[i]);
+  const double speedup = median(ratios);
   const double hidden = pick(overlapped, &TwoWorkerRun::hidden);
 
   nlohmann::ordered_json j;
@@ -288,6 +293,7 @@ int run_bench_train(const BenchTrainArgs& a) {
     j["python_reference"] = {{"tokens_per_s", python_tps},
                              {"median", python_med},
                              {"mfu_median", mfu(python_med)},
+                             {"paired_speedups", ratios},
                              {"speedup_of_braid", speedup}};
   if (!a.no_workers) {
     auto arr = [&](const std::vector<TwoWorkerRun>& v) {
@@ -319,6 +325,11 @@ int run_bench_train(const BenchTrainArgs& a) {
               static_cast<long long>(m.context), static_cast<double>(parameters) * 1e-6, flops_per_token * 1e-6);
   std::printf("MFU is against the measured matmul peak: %s\n\n", peak.describe().c_str());
   std::printf("%-34s %12s %8s   %s\n", "", "tokens/s", "MFU", "runs");
+  auto runs_ratio = [](const std::vector<double>& v) {
+    std::string s;
+    for (double x : v) s += fmt::format("{}{:.2f}", s.empty() ? "" : ", ", x);
+    return s;
+  };
   auto runs = [](const std::vector<double>& v) {
     std::string s;
     for (double x : v) s += fmt::format("{}{:.0f}", s.empty() ? "" : ", ", x);
@@ -340,10 +351,14 @@ int run_bench_train(const BenchTrainArgs& a) {
                 "behind backward\n",
                 pick(overlapped, &TwoWorkerRun::comm_s) * 1e3, pick(overlapped, &TwoWorkerRun::exposed_s) * 1e3,
                 hidden * 100);
+    std::printf("without overlap: %.1f ms in flight, all of it exposed. (Overlapped all-reduces stay in flight longer:\n"
+                "they share the cores with backward, so the wall-clock gain is smaller than the hidden share.)\n",
+                pick(serial, &TwoWorkerRun::comm_s) * 1e3);
   }
   std::printf("\n");
   if (!a.no_python)
-    std::printf("target: 1 worker >= 1.1x the Python reference: %.2fx  %s\n", speedup, speedup >= 1.1 ? "met" : "NOT met");
+    std::printf("target: 1 worker >= 1.1x the Python reference: %.2fx (median of the paired runs' ratios %s)  %s\n",
+                speedup, runs_ratio(ratios).c_str(), speedup >= 1.1 ? "met" : "NOT met");
   if (!a.no_workers)
     std::printf("target: >= 70%% of all-reduce time hidden (2 workers, TCP): %.0f%%  %s\n", hidden * 100,
                 hidden >= 0.7 ? "met" : "NOT met");
