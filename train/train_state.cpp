@@ -1,0 +1,70 @@
+#include "train/train_state.hpp"
+
+#include "core/error.hpp"
+#include "train/trainer.hpp"
+
+namespace braid::train {
+
+TrainState::TrainState(Trainer& t) : trainer_(t) {
+  auto& flat = t.model().params();
+  const uint64_t bytes = static_cast<uint64_t>(flat.numel()) * 4;
+  layout_.add_buffer("params", DType::F32, bytes);
+  layout_.add_buffer("adam_m", DType::F32, bytes);
+  layout_.add_buffer("adam_v", DType::F32, bytes);
+  for (auto& s : flat.slots()) {
+    uint64_t off = static_cast<uint64_t>(s.offset) * 4;
+    layout_.add_tensor(s.name, DType::F32, s.shape, "params", off);
+    layout_.add_tensor("adam_m." + s.name, DType::F32, s.shape, "adam_m", off);
+    layout_.add_tensor("adam_v." + s.name, DType::F32, s.shape, "adam_v", off);
+  }
+  layout_.validate();
+}
+
+std::vector<ckpt::HeldBuffer> TrainState::held() const {
+  auto& flat = trainer_.model().params();
+  auto& opt = trainer_.optimizer();
+  const uint64_t bytes = static_cast<uint64_t>(flat.numel()) * 4;
+  return {{"params", {0, bytes}, flat.param_data(), {}},
+          {"adam_m", {0, bytes}, opt.exp_avg().data(), {}},
+          {"adam_v", {0, bytes}, opt.exp_avg_sq().data(), {}}};
+}
+
+std::vector<ckpt::ReadTarget> TrainState::read_targets() const {
+  std::vector<ckpt::ReadTarget> out;
+  for (auto& h : held()) out.push_back({h.buffer, h.range, const_cast<void*>(h.data)});
+  return out;
+}
+
+StateBlobs TrainState::blobs() const {
+  StateBlobs b;
+  b.global["step"] = std::to_string(trainer_.step());
+  b.global["adam_step"] = std::to_string(trainer_.optimizer().step());
+  b.global["sampler"] = trainer_.sampler().position().to_json();
+  return b;
+}
+
+void TrainState::restore(const StateBlobs& b) {
+  auto need = [&](const char* key) -> const std::string& {
+    auto it = b.global.find(key);
+    if (it == b.global.end())
+      throw CorruptData(std::string("training state has no '") + key + "' entry",
+                        "the checkpoint or peer state is incomplete; use an older checkpoint");
+    return it->second;
+  };
+  auto to_int = [&](const char* key) {
+    const std::string& s = need(key);
+    char* end = nullptr;
+    long long v = std::strtoll(s.c_str(), &end, 10);
+    if (s.empty() || *end || v < 0)
+      throw CorruptData(std::string("training state entry '") + key + "' is not a step count: '" + s + "'");
+    return static_cast<int64_t>(v);
+  };
+  int64_t step = to_int("step");
+  int64_t adam_step = to_int("adam_step");
+  auto pos = SamplerPosition::from_json(need("sampler"));
+  trainer_.set_step(step);
+  trainer_.optimizer().set_step(adam_step);
+  trainer_.sampler().restore(pos);
+}
+
+}  // namespace braid::train
