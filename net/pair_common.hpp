@@ -19,9 +19,11 @@ namespace braid::net {
 
 // Unexpected messages (no receive posted yet) up to this size are buffered
 // whenever the budget allows. Larger ones are buffered only while some other
-// receive on the pair is waiting (it may be queued behind them); otherwise
-// they wait in the socket or ring for their own receive, which then gets
-// them directly, saving a copy and a large allocation.
+// receive on the pair is waiting (it may be queued behind them) or a send to
+// the peer is (two ranks that each wait for their own large send to finish
+// before posting receives must not block each other); otherwise they wait
+// in the socket or ring for their own receive, which then gets them
+// directly, saving a copy and a large allocation.
 inline constexpr size_t kSmallUnexpectedBytes = 16 << 10;
 
 // Everything a pair needs from its mesh.

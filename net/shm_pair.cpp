@@ -537,7 +537,8 @@ bool ShmPair::pump_recv(std::string* bad) {
         if (draining_ && total > ring_) {
           cur_.discard = true;
         } else {
-          bool worth_buffering = total <= kSmallUnexpectedBytes || posted_ > 0;
+          bool worth_buffering = total <= kSmallUnexpectedBytes || posted_ > 0 ||
+                                 send_pending_.load(std::memory_order_relaxed);
           if (!draining_ && total > 0 && (!worth_buffering || unexpected_bytes_ + total > ctx_.unexpected_budget))
             break;
           cur_.buf.reset(new char[total ? total : 1]);

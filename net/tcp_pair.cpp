@@ -158,11 +158,14 @@ void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t met
         }
       }
       bool was_empty = s.sendq_.empty();
-      s.queued_bytes_.fetch_add(item.wire_bytes(), std::memory_order_relaxed);
+      s.queued_bytes_.fetch_add(item.wire_bytes(), std::memory_order_seq_cst);
       s.sendq_.push_back(std::move(item));
       post = was_empty && !s.tx_blocked_;
     }
     if (post) loop_.post(&s);
+    // A stream that stopped reading a large unexpected message reconsiders
+    // now that we wait on a send too (see bind()).
+    if (stalled_.load(std::memory_order_seq_cst) > 0) resume_stalled();
     return;
   }
 
@@ -195,7 +198,7 @@ void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t met
         item.req = req;
         item.frames_left = left;
         item.not_before = not_before;
-        s.queued_bytes_.fetch_add(item.wire_bytes(), std::memory_order_relaxed);
+        s.queued_bytes_.fetch_add(item.wire_bytes(), std::memory_order_seq_cst);
         s.sendq_.push_back(std::move(item));
       }
       if (dead) {
@@ -208,6 +211,7 @@ void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t met
     }
     if (post) loop_.post(&s);
   }
+  if (stalled_.load(std::memory_order_seq_cst) > 0) resume_stalled();
 }
 
 bool TcpPair::tx_turn(TcpStream& s, bool writable) {
@@ -519,11 +523,9 @@ bool TcpPair::rx_turn_locked(TcpStream& s) {
         case FrameKind::Data: {
           Bind b = bind(s);
           if (failed_.load(std::memory_order_acquire)) return false;
-          if (b == Bind::Stall) {
-            if (!s.rx_stalled_.exchange(true)) stalled_.fetch_add(1);
-            return false;  // the header stays in staging until a receive or budget frees up
-          }
-          if (s.rx_stalled_.exchange(false)) stalled_.fetch_sub(1);
+          // (bind() sets and clears the stall flags under mu_, so that a
+          // receive posted meanwhile is sure to see them and resume us.)
+          if (b == Bind::Stall) return false;  // the header stays in staging until a receive or budget frees up
           break;
         }
         case FrameKind::Abort:
@@ -639,15 +641,30 @@ TcpPair::Bind TcpPair::bind(TcpStream& s) {
         break;
       }
       if (!matched) {
+        auto sending = [&] {
+          for (auto& o : streams_)
+            if (o->queued_bytes_.load(std::memory_order_seq_cst) > 0) return true;
+          return false;
+        };
+        bool fits = h.total == 0 || unexpected_bytes_ + h.total <= ctx_.unexpected_budget;
         bool worth_buffering = h.total <= kSmallUnexpectedBytes || !posted_.empty();
-        if (h.total > 0 && (!worth_buffering || unexpected_bytes_ + h.total > ctx_.unexpected_budget))
+        if (fits && !worth_buffering) {
+          // Announce the stall before looking at our own sends: a send queued
+          // meanwhile then sees it and resumes us (enqueue_frames).
+          if (!s.rx_stalled_.exchange(true)) stalled_.fetch_add(1);
+          worth_buffering = sending();
+        }
+        if (!fits || !worth_buffering) {
+          if (!s.rx_stalled_.exchange(true)) stalled_.fetch_add(1);
           return Bind::Stall;
+        }
         m->buf.reset(new char[h.total ? h.total : 1]);
         unexpected_bytes_ += h.total;
       }
       s.msg_ = m.get();
       inflight_.push_back(std::move(m));
     }
+    if (s.rx_stalled_.exchange(false)) stalled_.fetch_sub(1);
     InMsg* m = s.msg_;
     if (bad.empty() && m->op && m->op->reduce()) {
       size_t e = m->op->combiner.elem_size;

@@ -271,6 +271,20 @@ TEST_P(MeshTest, MessageLargerThanBudgetWaitsForItsReceive) {
   EXPECT_TRUE(check_pattern(in.data(), n, 5));
 }
 
+// Each rank waits for its own large send before posting the receive for the
+// peer's: buffering (within the budget) must let both sends finish.
+TEST_P(MeshTest, CrossedLargeSendsDoNotDeadlock) {
+  const size_t n = 6 << 20;
+  auto m = connect(2, [](MeshOptions& o) { o.socket_buffer_bytes = 128 << 10; });
+  run_threads(2, [&](int r) {
+    std::vector<uint8_t> out(n), in(n);
+    fill_pattern(out.data(), n, 70 + r);
+    m[r]->pair(1 - r).isend(out.data(), n, 1)->wait(soon());
+    m[r]->pair(1 - r).irecv(in.data(), n, 1)->wait(soon());
+    EXPECT_TRUE(check_pattern(in.data(), n, 70 + (1 - r)));
+  });
+}
+
 TEST_P(MeshTest, AbortSpreadsItsKindToThePeer) {
   auto m = connect(3);
   std::atomic<int> callbacks{0};
