@@ -1,6 +1,8 @@
 #include "bench/comm_bench.hpp"
 
 #include <fmt/format.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -132,6 +134,34 @@ std::vector<uint64_t> usable_sizes(const CommBenchOptions& o) {
   return out;
 }
 
+// While alive, the calling thread is inside network namespace `name` (from
+// `ip netns`), so sockets it creates belong there; "" does nothing.
+class NetnsScope {
+ public:
+  explicit NetnsScope(const std::string& name) {
+    if (name.empty()) return;
+    old_ = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    int fd = open(("/var/run/netns/" + name).c_str(), O_RDONLY | O_CLOEXEC);
+    if (old_ < 0 || fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
+      if (fd >= 0) close(fd);
+      throw Error("cannot enter network namespace '" + name + "'",
+                  "create the test hosts first: scripts/netns-hosts up 2 (needs root)");
+    }
+    close(fd);
+  }
+  ~NetnsScope() {
+    if (old_ >= 0) {
+      setns(old_, CLONE_NEWNET);
+      close(old_);
+    }
+  }
+  NetnsScope(const NetnsScope&) = delete;
+  NetnsScope& operator=(const NetnsScope&) = delete;
+
+ private:
+  int old_ = -1;
+};
+
 // The table the communicator uses: BRAID_TUNING_FILE or the built-in one.
 comm::TuningTable world_tuning_table() {
   const char* f = std::getenv("BRAID_TUNING_FILE");
@@ -228,9 +258,22 @@ std::vector<CommRow> run_comm_bench(const CommBenchOptions& o) {
                                      "--iters", join(iters), "--transport", o.transport};
   std::vector<CommRow> rows;
 
+  // Ranks in network namespaces cannot reach loopback here: the store listens
+  // inside the first rank's namespace, and the job gets a secret (braid only
+  // listens beyond loopback with one).
+  std::string secret = comm::job_secret();
+  if (!o.netns.empty() && secret.empty()) secret = fmt::format("bench-{}-{}", getpid(), now_ns());
   auto run_braid = [&](const std::string& algo) {
     std::string host = o.bind_addr.empty() ? "127.0.0.1" : o.bind_addr;
-    net::TcpStoreServer server(host, 0, comm::job_secret());
+    if (!o.netns.empty() && o.bind_addr.empty())
+      throw ConfigError("--netns needs --store-addr: the address of the first namespace's host",
+                        "with scripts/netns-hosts that is 10.77.0.1");
+    std::unique_ptr<net::TcpStoreServer> server_ptr;
+    {
+      NetnsScope scope(o.netns.empty() ? "" : o.netns[0]);
+      server_ptr = std::make_unique<net::TcpStoreServer>(host, 0, secret);
+    }
+    net::TcpStoreServer& server = *server_ptr;
     std::vector<ProcessSpec> specs;
     for (int r = 0; r < o.np; ++r) {
       ProcessSpec p;
@@ -246,7 +289,10 @@ std::vector<CommRow> run_comm_bench(const CommBenchOptions& o) {
                {"BRAID_LOCAL_WORLD_SIZE", std::to_string(o.np)},
                {"BRAID_RENDEZVOUS", host + ":" + std::to_string(server.port())},
                {"BRAID_TRANSPORT", o.transport}};
-      if (!o.netns.empty()) p.env.push_back({"BRAID_HOST_ID", o.netns[r]});
+      if (!o.netns.empty()) {
+        p.env.push_back({"BRAID_HOST_ID", o.netns[r]});
+        p.env.push_back({"BRAID_JOB_SECRET", secret});
+      }
       specs.push_back(p);
     }
     auto r = run_processes(specs, "braid", o.quiet);
