@@ -37,6 +37,7 @@ std::string metrics_json(const StepMetrics& m) {
   j["bytes_sent"] = m.bytes_sent;
   j["step_s"] = m.step_s;
   if (!m.applied) j["applied"] = false;
+  for (const auto& [key, value] : m.extra) j[key] = value;
   return j.dump();
 }
 

@@ -17,7 +17,7 @@ std::string default_run_dir(const std::string& name);
 
 // {"step":..,"loss":..,"val_loss":.. (when measured),"lr":..,"grad_norm":..,
 //  "tokens_per_s":..,"mfu":..,"compute_s":..,"comm_s":..,"comm_exposed_s":..,
-//  "bytes_sent":..,"step_s":..}
+//  "bytes_sent":..,"step_s":..} plus the step's `extra` fields (checkpoints, ...)
 std::string metrics_json(const StepMetrics& m);
 
 class RunDirectory {

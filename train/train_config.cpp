@@ -134,6 +134,18 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
     throw ConfigError(fmt::format("{}: 'run.name' = '{}' is not a plain name", src, r.name),
                       "use letters, digits, '-' or '_' (it becomes part of a directory name)");
 
+  auto& k = c.checkpoint;
+  k.dir = doc.get_string("checkpoint.dir", k.dir);
+  k.every_steps = doc.get_int("checkpoint.every_steps", k.every_steps, 0, INT64_MAX / 2);
+  k.every_minutes = doc.get_double("checkpoint.every_minutes", k.every_minutes, 0.0, 1e9);
+  k.keep_last = doc.get_int("checkpoint.keep_last", k.keep_last, 0, 1'000'000);
+  k.if_busy = doc.get_choice("checkpoint.if_busy", k.if_busy, {"wait", "skip"});
+  k.block_bytes = get_bytes(doc, "checkpoint.block_size", k.block_bytes);
+  if (k.block_bytes == 0)
+    throw ConfigError(fmt::format("{}: 'checkpoint.block_size' is 0", src), "use a checksum block such as 4M");
+  k.commit_timeout_s = doc.get_double("checkpoint.commit_timeout_s", k.commit_timeout_s, 0.001, 1e7);
+  k.at_end = doc.get_bool("checkpoint.at_end", k.at_end);
+
   doc.finish();
   return c;
 }
@@ -172,7 +184,14 @@ std::string TrainConfig::to_toml() const {
   s << "[run]\n"
     << "dir = " << toml_string(run.dir) << "\n"
     << "name = " << toml_string(run.name) << "\n"
-    << fmt::format("progress = {}\n", run.progress);
+    << fmt::format("progress = {}\n\n", run.progress);
+  s << "[checkpoint]\n"
+    << "dir = " << toml_string(checkpoint.dir) << "\n"
+    << fmt::format("every_steps = {}\nevery_minutes = {}\nkeep_last = {}\n", checkpoint.every_steps,
+                   checkpoint.every_minutes, checkpoint.keep_last)
+    << "if_busy = " << toml_string(checkpoint.if_busy) << "\n"
+    << fmt::format("block_size = {}\ncommit_timeout_s = {}\nat_end = {}\n", checkpoint.block_bytes,
+                   checkpoint.commit_timeout_s, checkpoint.at_end);
   return s.str();
 }
 

@@ -75,6 +75,20 @@ struct RunConfig {
   bool progress = true;       // live progress line on rank 0
 };
 
+// [checkpoint]: periodic asynchronous saves, a save on SIGTERM, --resume
+// (train/checkpointing.hpp; the format is docs/checkpoint-format.md).
+struct CheckpointConfig {
+  std::string dir;                 // empty: no checkpoints
+  int64_t every_steps = 0;         // save after every N-th step (0 = off)
+  double every_minutes = 0;        // save when this much time passed since the last save (0 = off)
+  int64_t keep_last = 3;           // committed checkpoints kept (0 = all)
+  std::string if_busy = "wait";    // a save due while the previous one is still written: "wait" | "skip"
+  uint64_t block_bytes = 4ull << 20;  // checksum block
+  double commit_timeout_s = 600;   // how long ranks wait for each other while committing
+  bool at_end = true;              // save the last step of the run
+  bool enabled() const { return !dir.empty(); }
+};
+
 struct TrainConfig {
   ModelConfig model;
   DataConfig data;
@@ -82,6 +96,7 @@ struct TrainConfig {
   LoopConfig train;
   ParallelConfig parallel;
   RunConfig run;
+  CheckpointConfig checkpoint;
 
   // Reads every key (with defaults), checks ranges and cross-field rules, and
   // rejects unknown keys (doc.finish()). Throws ConfigError naming the key.

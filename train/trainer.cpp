@@ -81,6 +81,8 @@ StepMetrics Trainer::train_step() {
     const int64_t begin = n * rank_ / world_, end = n * (rank_ + 1) / world_;
     double sumsq = model_.params().grad_sum_of_squares(begin, end);
     std::vector<double> v = {local_loss, sumsq};
+    for (int k = 0; k < kStepRequestKinds; ++k) v.push_back((local_requests_ >> k) & 1u ? 1.0 : 0.0);
+    local_requests_ = 0;
     Stopwatch sw;
     uint64_t sent = comm_ && world_ > 1 ? comm_->stats().bytes_sent : 0;
     all_reduce_sum(comm_, v, config_.parallel.timeout_s);
@@ -91,6 +93,8 @@ StepMetrics Trainer::train_step() {
     }
     m.loss = v[0] / world_;
     m.grad_norm = std::sqrt(v[1]);
+    for (int k = 0; k < kStepRequestKinds; ++k)
+      if (v[2 + static_cast<size_t>(k)] > 0) m.requests |= 1u << k;
   }
   if (!std::isfinite(m.grad_norm) || !std::isfinite(m.loss))
     throw Error(fmt::format("step {}: loss {} / gradient norm {} is not finite", step_ + 1, m.loss, m.grad_norm),

@@ -7,7 +7,8 @@
 //                          bucket all-reduces from gradient hooks
 //   gradient sync          wait for the buckets (exposed communication)
 //   after_backward         observers see the averaged gradients (SDC hashes)
-//   loss + grad norm       one small all-reduce: global loss, global norm
+//   loss + grad norm       one small all-reduce: global loss, global norm and
+//                          the StepRequests any rank raised (save, stop)
 //   before_optimizer_apply observers may veto the update (commit vote, spikes)
 //   optimizer              clipped AdamW over the flat buffers
 //   after_step             observers (checkpoints, metrics)
@@ -15,6 +16,8 @@
 // State that a checkpoint needs is explicit: the flat parameter buffer, the
 // optimizer's flat moments and step, the sampler position and the step count.
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "comm/communicator.hpp"
@@ -26,6 +29,14 @@
 #include "train/train_config.hpp"
 
 namespace braid::train {
+
+// Requests that every rank must act on at the same step although each rank
+// notices them on its own (a timer, a stop signal): a rank raises one with
+// Trainer::request() at any time; the OR over all ranks rides along in the
+// step's loss all-reduce (no extra collective), so StepMetrics::requested()
+// gives every rank the same answer for the same step.
+enum class StepRequest : uint32_t { Checkpoint = 0, Stop = 1 };
+constexpr int kStepRequestKinds = 2;
 
 struct StepMetrics {
   int64_t step = 0;               // number of optimizer steps done, this one included
@@ -41,6 +52,12 @@ struct StepMetrics {
   double comm_exposed_s = 0;      // communication the step waited for
   uint64_t bytes_sent = 0;        // by this rank
   bool applied = true;            // false if an observer vetoed the update
+  uint32_t requests = 0;          // StepRequest bits raised by any rank before this step's all-reduce
+  // Numbers other features attach to the step (checkpoint timings, ...);
+  // metrics.jsonl carries them as extra fields.
+  std::vector<std::pair<std::string, double>> extra;
+
+  bool requested(StepRequest r) const { return (requests >> static_cast<uint32_t>(r)) & 1u; }
 };
 
 class Trainer;
@@ -72,6 +89,8 @@ class Trainer {
   std::string sample_text(int64_t tokens);
 
   void add_observer(StepObserver* o) { observers_.push_back(o); }
+  // Raises a request for agreement in the next step's all-reduce (see StepRequest).
+  void request(StepRequest r) { local_requests_ |= 1u << static_cast<uint32_t>(r); }
   // Peak of the whole job (sum over ranks), for MFU; 0 leaves MFU at 0.
   void set_job_peak_flops(double flops_per_s) { job_peak_flops_ = flops_per_s; }
 
@@ -102,6 +121,7 @@ class Trainer {
   std::vector<StepObserver*> observers_;
   int64_t step_ = 0;
   double job_peak_flops_ = 0;
+  uint32_t local_requests_ = 0;
 };
 
 }  // namespace braid::train

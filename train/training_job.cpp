@@ -4,8 +4,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/checkpoint_dir.hpp"
+#include "ckpt/save_schedule.hpp"
 #include "core/clock.hpp"
+#include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/process_group.hpp"
+#include "train/checkpointing.hpp"
 #include "train/compute_threads.hpp"
 #include "train/progress_line.hpp"
 #include "train/run_directory.hpp"
@@ -36,6 +41,17 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   Trainer trainer(config, data, comm);
   trainer.set_job_peak_flops(summary.job_peak_flops);
   summary.parameters = trainer.model().num_parameters();
+
+  // Checkpoints: resume first, so that everything below starts from the saved step.
+  std::unique_ptr<Checkpointing> checkpointing;
+  if (config.checkpoint.enabled()) {
+    checkpointing = std::make_unique<Checkpointing>(trainer, config.checkpoint, config.to_toml(), options.store);
+    if (options.resume) {
+      if (auto loaded = checkpointing->resume()) summary.resumed_from = loaded->step;
+    }
+  } else if (options.resume) {
+    throw ConfigError("--resume needs a checkpoint directory", "set checkpoint.dir in the config (or --set checkpoint.dir=DIR)");
+  }
 
   std::unique_ptr<RunDirectory> run_dir;
   if (lead && options.write_run_dir) {
@@ -69,6 +85,16 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   StepMetrics last;
   while (trainer.step() < config.train.steps) {
     StepMetrics m = trainer.train_step();
+    if (checkpointing) {
+      checkpointing->annotate(m);
+      if (checkpointing->stop_agreed()) {
+        // Saved and committed already; no validation or sample on the way out.
+        summary.stopped = true;
+        if (run_dir) run_dir->append_metrics(m);
+        last = m;
+        break;
+      }
+    }
     const int64_t every = config.train.eval_every;
     if ((every > 0 && m.step % every == 0) || m.step == config.train.steps) m.val_loss = trainer.evaluate();
     if (m.step > measure_from) {
@@ -84,6 +110,10 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     last = m;
   }
   progress.finish();
+  if (checkpointing) {
+    checkpointing->finish();
+    summary.last_checkpoint_step = checkpointing->last_saved_step();
+  }
 
   summary.steps = trainer.step();
   summary.final_loss = last.loss;
@@ -97,10 +127,15 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     summary.hidden_fraction = comm_s > 0 ? std::max(0.0, 1.0 - exposed / comm_s) : 0.0;
   }
 
-  if (lead && config.train.sample_tokens > 0) summary.sample = trainer.sample_text(config.train.sample_tokens);
+  if (lead && config.train.sample_tokens > 0 && !summary.stopped)
+    summary.sample = trainer.sample_text(config.train.sample_tokens);
   summary.wall_s = wall.seconds();
 
-  if (lead) {
+  if (lead && summary.stopped) {
+    log::warn("stopped by {} after step {}: checkpoint {} committed; continue with `braid train CONFIG --resume`",
+              ckpt::stop_signal() ? signal_name(ckpt::stop_signal()) : std::string("a stop request"), summary.steps,
+              (ckpt::CheckpointDir(config.checkpoint.dir).step_path(summary.steps)).string());
+  } else if (lead) {
     log::info("done: {} steps in {}, loss {:.4f}{}, {:.0f} tokens/s, MFU {:.1f}%{}", summary.steps,
               format_duration(summary.wall_s), summary.final_loss,
               summary.final_val_loss ? fmt::format(", validation loss {:.4f}", *summary.final_val_loss) : "",
@@ -129,6 +164,22 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     j["comm_hidden_fraction"] = summary.hidden_fraction;
     j["buckets"] = trainer.data_parallel().buckets().size();
     j["wall_s"] = summary.wall_s;
+    if (checkpointing) {
+      const auto st = checkpointing->stats();
+      nlohmann::ordered_json c;
+      c["dir"] = config.checkpoint.dir;
+      if (summary.resumed_from) c["resumed_from_step"] = *summary.resumed_from;
+      c["last_step"] = summary.last_checkpoint_step;
+      c["saves"] = st.started;
+      c["committed"] = st.committed;
+      c["failed"] = st.failed;
+      c["skipped_busy"] = st.skipped_busy;
+      c["waited_busy"] = st.waited_busy;
+      c["blocked_total_s"] = checkpointing->blocked_total_s();
+      c["blocked_max_s"] = checkpointing->blocked_max_s();
+      c["stopped_by_signal"] = summary.stopped;
+      j["checkpoint"] = c;
+    }
     run_dir->write_file("summary.json", j.dump(2) + "\n");
     if (!summary.sample.empty()) run_dir->write_file("sample.txt", summary.sample + "\n");
   }

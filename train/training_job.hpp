@@ -4,10 +4,12 @@
 // is what `braid train` calls; every rank of a job runs it with its
 // communicator, and all collective calls happen in the same order everywhere.
 #include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "comm/communicator.hpp"
+#include "net/store.hpp"
 #include "train/compute_threads.hpp"
 #include "train/matmul_peak.hpp"
 #include "train/train_config.hpp"
@@ -20,6 +22,10 @@ struct JobOptions {
   bool write_run_dir = true;         // rank 0 writes the run directory
   bool print_sample = true;          // rank 0 prints the final sample on stdout
   int64_t measure_from_step = 0;     // steps before this are warm-up for the summary rates
+  // The job's rendezvous store (checkpoint commits and resume agreement with
+  // several ranks; may be null for a world of one).
+  std::shared_ptr<net::Store> store;
+  bool resume = false;               // continue from checkpoint.dir's newest valid checkpoint
 };
 
 struct JobSummary {
@@ -40,6 +46,9 @@ struct JobSummary {
   ComputeThreads compute;            // how they were split between BLAS and LibTorch
   std::string sample;
   double wall_s = 0;
+  std::optional<int64_t> resumed_from;  // the step a --resume started from
+  int64_t last_checkpoint_step = -1;    // newest step this job saved
+  bool stopped = false;                 // ended early on a stop signal (after saving)
 };
 
 JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm, const JobOptions& options);

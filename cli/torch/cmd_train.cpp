@@ -7,9 +7,11 @@
 #include <string>
 #include <vector>
 
+#include "ckpt/save_schedule.hpp"
 #include "cli/command.hpp"
 #include "comm/bootstrap.hpp"
 #include "core/config.hpp"
+#include "core/error.hpp"
 #include "train/train_config.hpp"
 #include "train/training_job.hpp"
 
@@ -20,6 +22,7 @@ struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
   bool no_progress = false;
+  bool resume = false;
 };
 
 int run_train(const TrainArgs& a) {
@@ -29,6 +32,12 @@ int run_train(const TrainArgs& a) {
   for (const auto& s : a.sets) doc.apply_override(s);
   train::TrainConfig config = train::TrainConfig::from(doc);
   if (a.no_progress) config.run.progress = false;
+  if (a.resume && !config.checkpoint.enabled())
+    throw ConfigError("--resume needs a checkpoint directory",
+                      "set checkpoint.dir in the config (or --set checkpoint.dir=DIR)");
+  // With checkpoints, SIGTERM / SIGINT only set a flag: the ranks agree on a
+  // step, save it and exit 0 (a second signal kills at once).
+  if (config.checkpoint.enabled()) ckpt::install_stop_signal_handlers();
 
   comm::InitOptions init;
   init.comm.timeout_s = config.parallel.timeout_s;
@@ -36,6 +45,8 @@ int run_train(const TrainArgs& a) {
 
   train::JobOptions options;
   options.local_ranks = world.info.local_size;
+  options.store = world.store;
+  options.resume = a.resume;
   train::run_training_job(config, world.comm.get(), options);
   return 0;
 }
@@ -47,10 +58,14 @@ std::function<int()> setup(CLI::App& app) {
   cmd->add_option("--set", args->sets, "Override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
       ->take_all();
   cmd->add_flag("--no-progress", args->no_progress, "No live progress line");
+  cmd->add_flag("--resume", args->resume,
+                "Continue from the newest valid checkpoint in checkpoint.dir (any world size); "
+                "start from scratch if it holds none");
   cmd->footer(
       "Examples:\n"
       "  braid train examples/default.toml --set train.steps=100\n"
       "  braid launch --nproc 2 -- braid train examples/default.toml\n"
+      "  braid train job.toml --set checkpoint.dir=ckpt --set checkpoint.every_steps=100 --resume\n"
       "Writes runs/<name>-<time>/ (config.toml, metrics.jsonl, summary.json, sample.txt);\n"
       "`braid report RUN_DIR` turns it into an HTML page.");
   return [args] { return run_train(*args); };

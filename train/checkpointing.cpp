@@ -1,0 +1,179 @@
+#include "train/checkpointing.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "ckpt/checkpoint_dir.hpp"
+#include "ckpt/save_schedule.hpp"
+#include "core/bytes.hpp"
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+
+namespace braid::train {
+
+namespace {
+
+ckpt::CheckpointOptions options_of(const CheckpointConfig& c, const CheckpointingHooks& hooks) {
+  ckpt::CheckpointOptions o;
+  o.dir = c.dir;
+  o.keep_last = static_cast<int>(c.keep_last);
+  o.if_busy = ckpt::parse_busy_policy(c.if_busy);
+  o.block_bytes = c.block_bytes;
+  o.commit_timeout_s = c.commit_timeout_s;
+  o.durable = hooks.durable;
+  o.before_write = hooks.before_write;
+  return o;
+}
+
+}  // namespace
+
+Checkpointing::Checkpointing(Trainer& trainer, const CheckpointConfig& config, std::string run_config,
+                             std::shared_ptr<net::Store> store, CheckpointingHooks hooks)
+    : trainer_(trainer),
+      config_(config),
+      run_config_(std::move(run_config)),
+      store_(std::move(store)),
+      hooks_(std::move(hooks)),
+      state_(trainer) {
+  if (!config_.enabled())
+    throw ConfigError("checkpointing needs a directory", "set checkpoint.dir (a directory every rank can see)");
+  checkpointer_ = std::make_unique<ckpt::Checkpointer>(options_of(config_, hooks_), state_.layout(), state_.held(),
+                                                       trainer_.rank(), trainer_.world_size(), store_);
+  last_save_ns_ = now_ns();
+  trainer_.add_observer(this);
+}
+
+// The Checkpointer's destructor waits for the save in flight, so a save
+// started just before an exception still commits (or fails) cleanly.
+Checkpointing::~Checkpointing() = default;
+
+std::optional<ckpt::LoadedCheckpoint> Checkpointing::resume() {
+  const bool lead = trainer_.rank() == 0;
+  ckpt::LoadOptions lo;
+  lo.store = store_;
+  lo.rank = trainer_.rank();
+  lo.world = trainer_.world_size();
+  lo.timeout_s = config_.commit_timeout_s;
+  auto loaded = ckpt::load_latest(config_.dir, state_.layout(), state_.read_targets(), lo);
+  if (!loaded) {
+    if (lead) log::info("resume: {} holds no checkpoint yet, starting from step 0", config_.dir);
+    return std::nullopt;
+  }
+  state_.restore({loaded->global_blobs, loaded->rank_blobs});
+  if (trainer_.step() != loaded->step)
+    throw CorruptData(fmt::format("checkpoint {} is of step {} but its training state says step {}", loaded->path,
+                                  loaded->step, trainer_.step()),
+                      "the checkpoint is inconsistent; move it aside to resume from the previous one");
+  resumed_step_ = loaded->step;
+  last_saved_step_ = loaded->step;
+  last_save_ns_ = now_ns();
+  if (lead)
+    log::info("resumed from {} at step {} (written by {} rank(s){})", loaded->path, loaded->step,
+              loaded->saved_world,
+              loaded->saved_world != trainer_.world_size()
+                  ? fmt::format(", resharded to {}", trainer_.world_size())
+                  : "");
+  return loaded;
+}
+
+void Checkpointing::after_backward(Trainer& t) {
+  // Local observations only; the loss all-reduce right after this seam makes
+  // them the same decision on every rank.
+  const bool stop = hooks_.stop_requested ? hooks_.stop_requested() : ckpt::stop_requested();
+  if (stop) t.request(StepRequest::Stop);
+  bool time_due = false;
+  if (hooks_.time_due) time_due = hooks_.time_due();
+  else if (config_.every_minutes > 0)
+    time_due = static_cast<double>(now_ns() - last_save_ns_) * 1e-9 >= config_.every_minutes * 60.0;
+  if (time_due) t.request(StepRequest::Checkpoint);
+}
+
+void Checkpointing::after_step(Trainer& t, const StepMetrics& m) {
+  record_ = StepRecord{};
+  record_.step = m.step;
+  const int64_t step = t.step();
+  if (m.requested(StepRequest::Stop)) {
+    stopped_ = true;
+    if (last_saved_step_ != step) save(step, /*synchronous=*/true, "stop requested");
+    return;
+  }
+  if (config_.at_end && step >= t.config().train.steps) {
+    save(step, /*synchronous=*/true, "last step");
+    return;
+  }
+  const bool by_steps = config_.every_steps > 0 && step % config_.every_steps == 0;
+  if (by_steps || m.requested(StepRequest::Checkpoint))
+    save(step, /*synchronous=*/false, by_steps ? "every_steps" : "every_minutes");
+}
+
+ckpt::SaveRequest Checkpointing::request_for(int64_t step) const {
+  StateBlobs blobs = state_.blobs();
+  ckpt::SaveRequest r;
+  r.step = step;
+  r.model_config = run_config_;
+  r.global_blobs = std::move(blobs.global);
+  r.rank_blobs = std::move(blobs.rank);
+  return r;
+}
+
+void Checkpointing::save(int64_t step, bool synchronous, const char* why) {
+  record_.requested = true;
+  record_.synchronous = synchronous;
+  const int64_t waited_before = checkpointer_->stats().waited_busy;
+  Stopwatch sw;
+  bool started = true;
+  if (synchronous) checkpointer_->save_now(request_for(step));  // throws IoError when it fails
+  else started = checkpointer_->save(request_for(step));
+  const ckpt::CheckpointStats st = checkpointer_->stats();
+  record_.started = started;
+  record_.blocked_s = synchronous ? sw.seconds() : st.last_blocked_s;
+  record_.wait_s = st.waited_busy > waited_before ? st.last_wait_s : 0.0;
+  blocked_total_s_ += record_.blocked_s;
+  blocked_max_s_ = std::max(blocked_max_s_, record_.blocked_s);
+  last_save_ns_ = now_ns();  // a skipped save restarts the timer too: the next one comes a period later
+  if (started) last_saved_step_ = step;
+  log::debug("checkpoint of step {} ({}): {}, blocked {:.4f} s", step, why,
+             !started ? "skipped, the previous save is still being written" : synchronous ? "committed" : "started",
+             record_.blocked_s);
+}
+
+void Checkpointing::save_now() { save(trainer_.step(), /*synchronous=*/true, "save_now"); }
+
+void Checkpointing::finish() {
+  const int64_t step = trainer_.step();
+  if (config_.at_end && !stopped_ && step > 0 && last_saved_step_ != step) save(step, /*synchronous=*/true, "end");
+  if (checkpointer_->wait() == ckpt::SaveOutcome::Failed)
+    throw IoError(fmt::format("the last checkpoint save failed: {}", checkpointer_->stats().last_error),
+                  fmt::format("the newest valid checkpoint in {} is older; see the log of every rank", config_.dir));
+}
+
+void Checkpointing::annotate(StepMetrics& m) {
+  const ckpt::CheckpointStats st = checkpointer_->stats();
+  const size_t before = m.extra.size();
+  if (record_.step == m.step && record_.requested) {
+    m.extra.emplace_back(record_.started ? "ckpt_saved" : "ckpt_skipped", 1.0);
+    if (record_.synchronous) m.extra.emplace_back("ckpt_sync", 1.0);
+    m.extra.emplace_back("ckpt_blocked_s", record_.blocked_s);
+    if (record_.wait_s > 0) m.extra.emplace_back("ckpt_wait_s", record_.wait_s);
+  }
+  if (st.committed > reported_commits_) {
+    reported_commits_ = st.committed;
+    m.extra.emplace_back("ckpt_committed_step", static_cast<double>(st.last_committed_step));
+    m.extra.emplace_back("ckpt_write_s", st.last_write_s);
+    m.extra.emplace_back("ckpt_commit_s", st.last_commit_s);
+    m.extra.emplace_back("ckpt_shard_bytes", static_cast<double>(st.last_shard_bytes));
+  }
+  if (st.failed > reported_failures_) {
+    m.extra.emplace_back("ckpt_failed", static_cast<double>(st.failed - reported_failures_));
+    reported_failures_ = st.failed;
+  }
+  if (m.extra.size() > before) {
+    m.extra.emplace_back("ckpt_blocked_total_s", blocked_total_s_);
+    m.extra.emplace_back("ckpt_skipped_total", static_cast<double>(st.skipped_busy));
+    m.extra.emplace_back("ckpt_waited_total", static_cast<double>(st.waited_busy));
+  }
+}
+
+}  // namespace braid::train
