@@ -482,8 +482,10 @@ void TcpStoreServer::serve() {
       }
       if (bad) s.drop(fd);
     }
-    if (s.extension && now_ns() >= next_tick_ns) {
-      s.extension->on_tick();
+    if (now_ns() >= next_tick_ns) {
+      // Advance the tick even without an extension: a tick in the past makes
+      // poll() return at once, and the server would spin on a core.
+      if (s.extension) s.extension->on_tick();
       next_tick_ns = now_ns() + int64_t{tick_ms} * 1'000'000;
     }
     // Answers produced for other connections (a parked GET, a quorum or a
