@@ -2,6 +2,14 @@
 // and the coordinator on node 0 (one port), prefixes output with the rank,
 // forwards signals, restarts failed workers if asked, and exits non-zero
 // naming every worker that failed.
+//
+// Failure policy (--on-failure): "stop" terminates the others --grace seconds
+// after a worker fails for good (a job without fault tolerance cannot go on
+// without it); "continue" lets them run; "auto" (the default) continues when
+// the failed worker was a member of the job's coordinator — it ran
+// fault-tolerant training, and the survivors are carrying on without it — and
+// stops otherwise. A job that finishes without the workers it lost that way
+// exits 0 and names them.
 #include <signal.h>
 #include <unistd.h>
 
@@ -16,6 +24,7 @@
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "coord/protocol.hpp"
 #include "net/tcp_store.hpp"
 
 namespace braid::cli {
@@ -30,7 +39,7 @@ struct LaunchArgs {
   int node_rank = 0;
   std::string rendezvous;
   int max_restarts = 0;
-  std::string on_failure = "stop";
+  std::string on_failure = "auto";
   double grace_s = 10;
   bool no_prefix = false;
   std::vector<std::string> cmd;
@@ -41,6 +50,33 @@ struct LaunchArgs {
   coord::Timeouts timeouts;
   bool collective_timeout_given = false;
 };
+
+// True if replica `replica` registered with the job's coordinator (it is a
+// member or was evicted lately): the worker ran fault-tolerant training.
+bool coordinator_member(const coord::CoordinatorServer* server, const std::string& rendezvous,
+                        const std::string& replica) {
+  coord::StatusView status;
+  try {
+    if (server) {
+      status = server->status();
+    } else {
+      net::TcpStore store(net::HostPort::parse(rendezvous), comm::job_secret(), 2);
+      bool ok = false;
+      std::string body = store.request(static_cast<uint8_t>(coord::CoordOp::Status), "status", "{}",
+                                       Deadline::in_seconds(2), &ok);
+      if (!ok) return false;
+      status = coord::decode<coord::StatusView>(body);
+    }
+  } catch (const Error& e) {
+    log::debug("launch: cannot ask the coordinator about replica {}: {}", replica, e.what());
+    return false;
+  }
+  for (const auto& m : status.members)
+    if (m.replica_id == replica) return true;
+  for (const auto& e : status.recent_evictions)
+    if (e.replica_id == replica) return true;
+  return false;
+}
 
 int run_launch(const LaunchArgs& a) {
   if (a.nproc < 1) throw ConfigError("--nproc must be at least 1");
@@ -118,6 +154,8 @@ int run_launch(const LaunchArgs& a) {
   sigaction(SIGHUP, &sa, nullptr);
 
   std::map<int, std::string> failures;  // index -> why
+  std::map<int, std::string> lost;      // fault-tolerant workers the job went on without
+  int succeeded = 0;
   std::optional<Deadline> stop_at;
   int forwarded = 0;
   int exit_signal = 0;
@@ -125,6 +163,8 @@ int run_launch(const LaunchArgs& a) {
     int rank = a.node_rank * a.nproc + e.index;
     if (e.ok()) {
       failures.erase(e.index);
+      lost.erase(e.index);
+      ++succeeded;
       return;
     }
     if (exit_signal) {
@@ -140,8 +180,15 @@ int run_launch(const LaunchArgs& a) {
       group.respawn(e.index);
       return;
     }
+    if (a.on_failure == "auto" && coordinator_member(server.get(), rendezvous, std::to_string(rank))) {
+      log::warn("launch: rank {} is lost; the other workers go on without it (it was a member of the "
+                "coordinator: fault-tolerant training)",
+                rank);
+      lost[e.index] = e.describe();
+      return;
+    }
     failures[e.index] = e.describe();
-    if (a.on_failure == "stop" && !stop_at) stop_at = Deadline::in_seconds(a.grace_s);
+    if (a.on_failure != "continue" && !stop_at) stop_at = Deadline::in_seconds(a.grace_s);
   };
   while (group.running_count() > 0) {
     if (int sig = g_signal.exchange(0)) {
@@ -170,6 +217,16 @@ int run_launch(const LaunchArgs& a) {
   while (auto e = group.poll(0)) handle_exit(*e);
   if (server) server->stop();
 
+  // Workers lost by a fault-tolerant job that the others finished without.
+  if (failures.empty() && !lost.empty() && succeeded == 0)
+    for (auto& [i, why] : lost) failures[i] = why;
+  if (failures.empty() && !lost.empty()) {
+    std::string list;
+    for (auto& [i, why] : lost)
+      list += fmt::format("{}rank {} {}", list.empty() ? "" : "; ", a.node_rank * a.nproc + i, why);
+    std::fprintf(stderr, "braid launch: the job finished without %zu lost worker(s): %s\n", lost.size(),
+                 list.c_str());
+  }
   if (!failures.empty()) {
     std::string list;
     for (auto& [i, why] : failures)
@@ -193,10 +250,11 @@ std::function<int()> setup(CLI::App& app) {
   sub->add_option("--max-restarts", a->max_restarts, "Restart a failed worker up to this many times")
       ->capture_default_str();
   sub->add_option("--on-failure", a->on_failure,
-                  "stop: terminate the other workers after --grace seconds; continue: let them run")
-      ->check(CLI::IsMember({"stop", "continue"}))
+                  "After a worker fails for good: stop (terminate the others after --grace seconds), continue "
+                  "(let them run), auto (continue if it was a fault-tolerant coordinator member, else stop)")
+      ->check(CLI::IsMember({"auto", "stop", "continue"}))
       ->capture_default_str();
-  sub->add_option("--grace", a->grace_s, "Seconds the others may run on after a failure (stop policy)")
+  sub->add_option("--grace", a->grace_s, "Seconds the others may run on after a failure (stop)")
       ->capture_default_str();
   sub->add_flag("--no-prefix", a->no_prefix, "Do not prefix output lines with the rank");
   sub->add_option("--coordinator", a->coordinator,

@@ -7,6 +7,7 @@
 #include "core/bytes.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "train/parallel_mesh.hpp"
 
 namespace braid::train {
 namespace {
@@ -125,6 +126,31 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
   p.overlap = doc.get_bool("parallel.overlap", p.overlap);
   p.algo = doc.get_choice("parallel.algo", p.algo, {"auto", "ring", "rhd", "tree", "hier"});
   p.timeout_s = doc.get_double("parallel.timeout_s", p.timeout_s, 0.001, 1e6);
+  p.dp = doc.get_int("parallel.dp", p.dp, 0, 1 << 20);
+  p.tp = doc.get_int("parallel.tp", p.tp, 1, 1024);
+  p.pp = doc.get_int("parallel.pp", p.pp, 1, 1024);
+  p.sequence_parallel = doc.get_bool("parallel.sequence_parallel", p.sequence_parallel);
+  p.schedule = doc.get_choice("parallel.schedule", p.schedule, {"gpipe", "1f1b"});
+  p.microbatches = doc.get_int("parallel.microbatches", p.microbatches, 0, 1 << 20);
+  p.zero = doc.get_int("parallel.zero", p.zero, 0, 3);
+  p.recompute = doc.get_choice("parallel.recompute", p.recompute, {"none", "selective", "full"});
+  validate_mesh_config(c.model, c.train, p);  // train/parallel_mesh.hpp: what must divide what
+
+  auto& f = c.fault;
+  f.enabled = doc.get_bool("fault.enabled", f.enabled);
+  f.global_batch = doc.get_choice("fault.global_batch", f.global_batch, {"fixed", "per_replica"});
+  f.replicas = doc.get_int("fault.replicas", f.replicas, 0, 1 << 20);
+  f.heal_chunk_bytes = get_bytes(doc, "fault.heal_chunk", f.heal_chunk_bytes);
+  if (f.heal_chunk_bytes == 0)
+    throw ConfigError(fmt::format("{}: 'fault.heal_chunk' is 0", src), "use a chunk such as 4M");
+  f.heal_timeout_s = doc.get_double("fault.heal_timeout", f.heal_timeout_s, 0.001, 1e7);
+  for (auto [key, field] : {std::pair{"fault.collective_timeout", &f.collective_timeout_s},
+                            std::pair{"fault.heartbeat_interval", &f.heartbeat_interval_s},
+                            std::pair{"fault.heartbeat_death", &f.heartbeat_death_s},
+                            std::pair{"fault.quorum_wait", &f.quorum_wait_s},
+                            std::pair{"fault.job_timeout", &f.job_timeout_s}})
+    if (doc.has(key)) *field = doc.get_double(key, 0, 0.001, 1e9);
+    else doc.get_double(key, 0);  // marks the key as known
 
   auto& r = c.run;
   r.dir = doc.get_string("run.dir", r.dir);
@@ -145,6 +171,9 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
     throw ConfigError(fmt::format("{}: 'checkpoint.block_size' is 0", src), "use a checksum block such as 4M");
   k.commit_timeout_s = doc.get_double("checkpoint.commit_timeout_s", k.commit_timeout_s, 0.001, 1e7);
   k.at_end = doc.get_bool("checkpoint.at_end", k.at_end);
+  if (c.fault.enabled && c.parallel.zero > 0)
+    throw ConfigError(fmt::format("{}: parallel.zero = {} cannot be combined with fault.enabled yet", src, c.parallel.zero),
+                      "healing and elastic membership move whole replicas; use parallel.zero = 0 with [fault]");
 
   doc.finish();
   return c;
@@ -180,7 +209,24 @@ std::string TrainConfig::to_toml() const {
   s << "[parallel]\n"
     << fmt::format("bucket_size = {}\noverlap = {}\n", parallel.bucket_bytes, parallel.overlap)
     << "algo = " << toml_string(parallel.algo) << "\n"
-    << fmt::format("timeout_s = {}\n\n", parallel.timeout_s);
+    << fmt::format("timeout_s = {}\n", parallel.timeout_s)
+    << fmt::format("dp = {}\ntp = {}\npp = {}\nsequence_parallel = {}\n", parallel.dp, parallel.tp, parallel.pp,
+                   parallel.sequence_parallel)
+    << "schedule = " << toml_string(parallel.schedule) << "\n"
+    << fmt::format("microbatches = {}\n", parallel.microbatches)
+    << fmt::format("zero = {}\n", parallel.zero) << "recompute = " << toml_string(parallel.recompute) << "\n\n";
+  s << "[fault]\n"
+    << fmt::format("enabled = {}\n", fault.enabled)
+    << "global_batch = " << toml_string(fault.global_batch) << "\n"
+    << fmt::format("replicas = {}\nheal_chunk = {}\nheal_timeout = {}\n", fault.replicas, fault.heal_chunk_bytes,
+                   fault.heal_timeout_s);
+  for (auto [key, field] : {std::pair{"collective_timeout", &fault.collective_timeout_s},
+                            std::pair{"heartbeat_interval", &fault.heartbeat_interval_s},
+                            std::pair{"heartbeat_death", &fault.heartbeat_death_s},
+                            std::pair{"quorum_wait", &fault.quorum_wait_s},
+                            std::pair{"job_timeout", &fault.job_timeout_s}})
+    if (*field) s << fmt::format("{} = {}\n", key, **field);
+  s << "\n";
   s << "[run]\n"
     << "dir = " << toml_string(run.dir) << "\n"
     << "name = " << toml_string(run.name) << "\n"

@@ -7,6 +7,7 @@
 //   doc.apply_override("optim.lr=3e-4");
 //   train::TrainConfig cfg = train::TrainConfig::from(doc);  // throws ConfigError
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,34 @@ struct ParallelConfig {
   bool overlap = true;                  // launch bucket all-reduces during backward
   std::string algo = "auto";            // collective algorithm (comm::parse_algo)
   double timeout_s = 300;               // deadline of one collective
+  // The dp x tp x pp mesh (train/parallel_mesh.hpp, docs/parallelism.md).
+  // world = dp * tp * pp; ranks are laid out tp innermost, then pp, then dp.
+  int64_t dp = 0;                       // data-parallel replicas; 0 = world / (tp * pp)
+  int64_t tp = 1;                       // tensor-parallel ranks (Megatron: heads and MLP hidden split)
+  int64_t pp = 1;                       // pipeline stages (model.layers split evenly)
+  bool sequence_parallel = false;       // not implemented yet: true is a ConfigError
+  std::string schedule = "1f1b";        // pipeline schedule: "gpipe" | "1f1b"
+  int64_t microbatches = 0;             // pipeline micro-batches per step; 0 = train.grad_accum
+  // Memory modes (train/zero.hpp, train/recompute.hpp, docs/parallelism.md).
+  int64_t zero = 0;                     // ZeRO stage over the dp ranks: 0 (plain DP), 1, 2, 3 (FSDP)
+  std::string recompute = "none";       // activation recomputation: "none" | "selective" | "full"
+};
+
+// [fault]: fault-tolerant training under a coordinator (train/fault_tolerance.hpp,
+// docs/fault-tolerance.md): per-step quorum and commit vote, live healing,
+// elastic replica count. The timeouts override the launcher's (environment).
+struct FaultConfig {
+  bool enabled = false;
+  // "fixed": every step trains on batch_size x grad_accum x `replicas`
+  // sequences whatever the number of live replicas (fewer replicas take more
+  // accumulation); "per_replica": each replica trains batch_size x grad_accum,
+  // so the global batch shrinks and grows with the replicas.
+  std::string global_batch = "fixed";
+  int64_t replicas = 0;                    // replicas the fixed global batch is sized for; 0 = BRAID_WORLD_SIZE
+  uint64_t heal_chunk_bytes = 4ull << 20;  // checksummed piece of the state sent to a joiner
+  double heal_timeout_s = 60;              // deadline of one heal (all of a joiner's state)
+  std::optional<double> collective_timeout_s, heartbeat_interval_s, heartbeat_death_s, quorum_wait_s,
+      job_timeout_s;
 };
 
 struct RunConfig {
@@ -95,6 +124,7 @@ struct TrainConfig {
   OptimConfig optim;
   LoopConfig train;
   ParallelConfig parallel;
+  FaultConfig fault;
   RunConfig run;
   CheckpointConfig checkpoint;
 

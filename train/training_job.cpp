@@ -12,6 +12,7 @@
 #include "core/process_group.hpp"
 #include "train/checkpointing.hpp"
 #include "train/compute_threads.hpp"
+#include "train/fault_tolerance.hpp"
 #include "train/progress_line.hpp"
 #include "train/run_directory.hpp"
 #include "train/trainer.hpp"
@@ -23,7 +24,8 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   JobSummary summary;
   const int rank = comm ? comm->rank() : 0;
   const int world = comm ? comm->size() : 1;
-  const bool lead = rank == 0;
+  // Fault tolerance: the launcher's rank 0 writes the run directory (ranks change with epochs).
+  const bool lead = config.fault.enabled ? FaultTolerance::is_lead_replica() : rank == 0;
 
   summary.threads = compute_threads_for(static_cast<int>(config.train.threads), options.local_ranks);
   summary.compute = set_compute_threads(summary.threads);
@@ -41,6 +43,11 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   Trainer trainer(config, data, comm);
   trainer.set_job_peak_flops(summary.job_peak_flops);
   summary.parameters = trainer.model().num_parameters();
+
+  // Fault tolerance: comm is null; the coordinator's quorums choose the
+  // members and each epoch gets its communicator (train/fault_tolerance.hpp).
+  std::unique_ptr<FaultTolerance> ft;
+  if (config.fault.enabled) ft = std::make_unique<FaultTolerance>(config, trainer, summary.peak.flops_per_s);
 
   // Checkpoints: resume first, so that everything below starts from the saved step.
   std::unique_ptr<Checkpointing> checkpointing;
@@ -84,7 +91,9 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   int64_t measured = 0;
   StepMetrics last;
   while (trainer.step() < config.train.steps) {
-    StepMetrics m = trainer.train_step();
+    std::optional<StepMetrics> next = ft ? ft->train_step() : trainer.train_step();
+    if (!next) break;  // fault tolerance: the job had finished without this worker
+    StepMetrics m = std::move(*next);
     if (checkpointing) {
       checkpointing->annotate(m);
       if (checkpointing->stop_agreed()) {
@@ -96,7 +105,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
       }
     }
     const int64_t every = config.train.eval_every;
-    if ((every > 0 && m.step % every == 0) || m.step == config.train.steps) m.val_loss = trainer.evaluate();
+    if ((every > 0 && m.step % every == 0) || m.step == config.train.steps) m.val_loss = ft ? ft->evaluate() : trainer.evaluate();
     if (m.step > measure_from) {
       time += m.step_s;
       tokens += m.tokens_per_s * m.step_s;
@@ -110,6 +119,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     last = m;
   }
   progress.finish();
+  if (ft) ft->finish();
   if (checkpointing) {
     checkpointing->finish();
     summary.last_checkpoint_step = checkpointing->last_saved_step();
@@ -127,6 +137,8 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     summary.hidden_fraction = comm_s > 0 ? std::max(0.0, 1.0 - exposed / comm_s) : 0.0;
   }
 
+  if (config.train.sample_tokens > 0 && !summary.stopped && trainer.zero())
+    trainer.zero()->gather_all();  // ZeRO-3: the lead samples alone, so every rank gathers first
   if (lead && config.train.sample_tokens > 0 && !summary.stopped)
     summary.sample = trainer.sample_text(config.train.sample_tokens);
   summary.wall_s = wall.seconds();
@@ -147,7 +159,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   if (run_dir) {
     nlohmann::ordered_json j;
     j["steps"] = summary.steps;
-    j["world_size"] = world;
+    j["world_size"] = ft ? ft->stats().replicas : world;
     j["cores_per_rank"] = summary.threads;
     j["blas_threads"] = summary.compute.blas;
     j["intra_op_threads"] = summary.compute.intra_op;
@@ -164,6 +176,18 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     j["comm_hidden_fraction"] = summary.hidden_fraction;
     j["buckets"] = trainer.data_parallel().buckets().size();
     j["wall_s"] = summary.wall_s;
+    if (ft) {
+      const auto& st = ft->stats();
+      nlohmann::ordered_json f;
+      f["committed_here"] = st.committed;
+      f["discarded_and_redone"] = st.discarded;
+      f["epochs"] = st.epochs;
+      f["heals_received"] = st.heals_received;
+      f["heal_bytes_received"] = st.heal_bytes_received;
+      f["heals_sent"] = st.heals_sent;
+      f["replicas_at_end"] = st.replicas;
+      j["fault_tolerance"] = f;
+    }
     if (checkpointing) {
       const auto st = checkpointing->stats();
       nlohmann::ordered_json c;

@@ -39,9 +39,16 @@ int run_train(const TrainArgs& a) {
   // step, save it and exit 0 (a second signal kills at once).
   if (config.checkpoint.enabled()) ckpt::install_stop_signal_handlers();
 
-  comm::InitOptions init;
-  init.comm.timeout_s = config.parallel.timeout_s;
-  comm::World world = comm::init_world(init);
+  // Fault-tolerant training builds a communicator per epoch from the
+  // coordinator's quorums (train/fault_tolerance.hpp), not one fixed world.
+  comm::World world;
+  if (config.fault.enabled) {
+    world.info = comm::detect_world();
+  } else {
+    comm::InitOptions init;
+    init.comm.timeout_s = config.parallel.timeout_s;
+    world = comm::init_world(init);
+  }
 
   train::JobOptions options;
   options.local_ranks = world.info.local_size;
