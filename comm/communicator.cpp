@@ -31,6 +31,7 @@
 #include <thread>
 
 #include "comm/algo/algorithms.hpp"
+#include "comm/algo/codec_ring.hpp"
 #include "comm/algo/collective.hpp"
 #include "comm/reduce.hpp"
 #include "comm/tuning.hpp"
@@ -171,9 +172,14 @@ struct Communicator::Impl {
   }
 
   Work submit(OpDesc d, const CollectiveOptions& o) {
-    if (o.codec)
-      throw ConfigError("compressed collectives (codecs) are not implemented yet",
-                        "leave CollectiveOptions::codec null");
+    if (o.codec) {
+      // Compressed all-reduce: f32 sum/avg only, always the codec ring.
+      if (d.kind != OpKind::AllReduce || d.type != DType::F32 || (d.op != ReduceOp::Sum && d.op != ReduceOp::Avg))
+        throw ConfigError(fmt::format("a codec compresses only f32 sum/avg all-reduce, not {} {} {}",
+                                      op_kind_name(d.kind), dtype_name(d.type), reduce_op_name(d.op)),
+                          "leave CollectiveOptions::codec null for this collective");
+      d.codec = o.codec;
+    }
     d.timeout_s = timeout_of(o);
     const size_t bytes = vector_bytes(d);
     if (o.algo != Algo::Auto && !algo_supports(d.kind, o.algo))
@@ -181,6 +187,7 @@ struct Communicator::Impl {
                         fmt::format("choose one of: {}", supported_algos(d.kind)));
     d.algo = o.algo != Algo::Auto ? o.algo : table->pick(d.kind, bytes, size, topology);
     if (d.kind == OpKind::Barrier) d.algo = Algo::Tree;  // one implementation; keep the check value stable
+    if (d.codec) d.algo = Algo::Ring;  // the codec ring; its kind goes into the check value below
     if (d.algo == Algo::Hierarchical) {
       d.cross_host = table->pick(OpKind::AllReduce, bytes / static_cast<size_t>(local_size), layout.hosts,
                                  Topology::MultiHost);
@@ -191,6 +198,7 @@ struct Communicator::Impl {
                    (static_cast<uint64_t>(d.op) << 16) | (static_cast<uint64_t>(d.algo) << 24) |
                    (static_cast<uint64_t>(d.cross_host) << 32) | (static_cast<uint64_t>(d.kind == OpKind::Broadcast ? d.root : 0) << 40));
     h = mix(h, d.count);
+    if (d.codec) h = mix(h, 0xc0dec000u | static_cast<uint64_t>(d.codec->kind()));
     h = mix(h, chunk_bytes ^ (static_cast<uint64_t>(window) << 48) ^ (static_cast<uint64_t>(table->fingerprint()) << 16));
     d.meta = h;
 
@@ -321,6 +329,11 @@ struct Communicator::Impl {
   }
 
   void all_reduce(Collective& c, const OpDesc& d) {
+    if (d.codec) {
+      codec_ring_all_reduce(c, *d.codec, static_cast<const float*>(d.in), static_cast<float*>(d.out), d.count,
+                            d.op == ReduceOp::Avg);
+      return;
+    }
     const DType acc = accumulation_type(d.type);
     const int64_t divisor = d.op == ReduceOp::Avg ? size : 0;
     c.type = acc;

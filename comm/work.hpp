@@ -28,6 +28,7 @@ struct OpDesc {
   double timeout_s = 60;
   uint64_t seq = 0;
   uint32_t meta = 0;
+  const Codec* codec = nullptr;  // compressed all-reduce (comm/algo/codec_ring.cpp)
 };
 
 // The first failure of any communicator over a mesh (the world one and its

@@ -137,8 +137,6 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     summary.hidden_fraction = comm_s > 0 ? std::max(0.0, 1.0 - exposed / comm_s) : 0.0;
   }
 
-  if (config.train.sample_tokens > 0 && !summary.stopped && trainer.zero())
-    trainer.zero()->gather_all();  // ZeRO-3: the lead samples alone, so every rank gathers first
   if (lead && config.train.sample_tokens > 0 && !summary.stopped)
     summary.sample = trainer.sample_text(config.train.sample_tokens);
   summary.wall_s = wall.seconds();
