@@ -33,6 +33,7 @@
 #include "comm/algo/algorithms.hpp"
 #include "comm/algo/codec_ring.hpp"
 #include "comm/algo/collective.hpp"
+#include "comm/flight_recorder.hpp"
 #include "comm/reduce.hpp"
 #include "comm/tuning.hpp"
 #include "comm/work.hpp"
@@ -102,6 +103,16 @@ inline net::Tag p2p_tag(uint32_t group_id, uint32_t user_tag, uint32_t occurrenc
          (static_cast<net::Tag>(occurrence & 0x3fffu) << 32) | user_tag;
 }
 
+std::string error_text(const std::exception_ptr& e) {
+  try {
+    if (e) std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+  }
+  return "unknown error";
+}
+
 bool overlaps(const void* a, size_t alen, const void* b, size_t blen) {
   auto x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
   return alen && blen && x < y + blen && y < x + alen;
@@ -121,6 +132,7 @@ struct Communicator::Impl {
   int local_size = 1;  // ranks on this rank's host (within the group)
   std::shared_ptr<const TuningTable> table;
   std::shared_ptr<FailureState> failure;
+  std::shared_ptr<FlightRecorder> recorder = std::make_shared<FlightRecorder>();
   TrafficCounters counters;
   std::atomic<uint64_t> ops{0};
   Scratch scratch;
@@ -205,13 +217,24 @@ struct Communicator::Impl {
     std::unique_lock<std::mutex> lock(mu);
     d.seq = next_seq++;
     ops.fetch_add(1, std::memory_order_relaxed);
-    if (std::exception_ptr e = failure->error()) return Work(failed_work(e));
+    d.flight = recorder->issued(op_kind_name(d.kind), std::string(dtype_name(d.type)).c_str(), bytes, d.seq, mesh->epoch(), group_id, rank,
+                                size, d.kind == OpKind::Broadcast ? d.root : -1);
+    if (std::exception_ptr e = failure->error()) {
+      const std::string why = error_text(e);
+      recorder->not_run(d.flight, why.c_str());
+      recorder->on_failure(why);
+      return Work(failed_work(e));
+    }
     if (pending == 0 && bytes <= options.inline_max_bytes) {
+      recorder->started(d.flight);
       try {
         execute(d);
       } catch (...) {
-        return Work(failed_work(failure->fail(std::current_exception())));
+        std::exception_ptr e = failure->fail(std::current_exception());
+        record_failure(d, e);
+        return Work(failed_work(e));
       }
+      recorder->finished(d.flight, true);
       return Work();
     }
     auto w = std::make_shared<WorkState>();
@@ -265,18 +288,31 @@ struct Communicator::Impl {
     w.timing.started_ns = now_ns();
     if (std::exception_ptr e = failure->error()) {
       w.timing.finished_ns = w.timing.started_ns;
+      const std::string why = error_text(e);
+      recorder->not_run(w.op.flight, why.c_str());
+      recorder->on_failure(why);
       w.fail(e);
       return;
     }
+    recorder->started(w.op.flight);
     try {
       execute(w.op);
       w.timing.finished_ns = now_ns();
+      recorder->finished(w.op.flight, true);
       w.complete();
     } catch (...) {
       std::exception_ptr e = failure->fail(std::current_exception());
       w.timing.finished_ns = now_ns();
+      record_failure(w.op, e);
       w.fail(e);
     }
+  }
+
+  // The flight recorder dumps on this rank's first failed collective.
+  void record_failure(const OpDesc& d, const std::exception_ptr& e) {
+    const std::string why = error_text(e);
+    recorder->finished(d.flight, false, why.c_str());
+    recorder->on_failure(fmt::format("{} #{} (group {}) failed: {}", op_kind_name(d.kind), d.seq, group_id, why));
   }
 
   // ---- running one collective ----
@@ -618,6 +654,7 @@ std::unique_ptr<Communicator> Communicator::subgroup(const std::vector<int>& ran
   sub->init_group(hosts);
   sub->table = m.table;
   sub->failure = m.failure;
+  sub->recorder = m.recorder;
   return std::unique_ptr<Communicator>(new Communicator(std::move(sub)));
 }
 
@@ -625,6 +662,8 @@ void Communicator::abort(const std::string& reason) {
   impl_->failure->fail(std::make_exception_ptr(
       Aborted(fmt::format("collectives aborted: {}", reason), "the communicator is unusable; build a new one")));
 }
+
+FlightRecorder& Communicator::flight_recorder() { return *impl_->recorder; }
 
 CommStats Communicator::stats() const {
   CommStats s;

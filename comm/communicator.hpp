@@ -28,7 +28,8 @@ Algo parse_algo(const std::string& name);           // "auto", "ring", "rhd", "t
 const char* reduce_op_name(ReduceOp op);
 const char* algo_name(Algo a);
 
-class Codec;  // compression of floating-point payloads (comm/codec.hpp)
+class Codec;           // compression of floating-point payloads (comm/codec.hpp)
+class FlightRecorder;  // the ring of the last collectives (comm/flight_recorder.hpp)
 
 struct CollectiveOptions {
   Algo algo = Algo::Auto;
@@ -120,6 +121,8 @@ class Communicator {
   // the peers to do the same.
   void abort(const std::string& reason);
   CommStats stats() const;
+  // This rank's record of its last collectives, shared with its subgroups.
+  FlightRecorder& flight_recorder();
 
  private:
   struct Impl;

@@ -29,6 +29,7 @@ struct OpDesc {
   uint64_t seq = 0;
   uint32_t meta = 0;
   const Codec* codec = nullptr;  // compressed all-reduce (comm/algo/codec_ring.cpp)
+  uint64_t flight = 0;           // its flight recorder token (comm/flight_recorder.hpp)
 };
 
 // The first failure of any communicator over a mesh (the world one and its
