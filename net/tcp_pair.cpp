@@ -1,6 +1,7 @@
 #include "net/tcp_pair.hpp"
 
 #include <fmt/format.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -10,6 +11,7 @@
 #include <cstring>
 
 #include "core/clock.hpp"
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "net/abort_error.hpp"
@@ -25,6 +27,8 @@ constexpr size_t kSendFrameMax = 1 << 20;   // bounds the copy an abort makes of
 constexpr size_t kStageBytes = 128 << 10;   // per-stream receive staging (stays in L2)
 constexpr size_t kDirectMin = 16 << 10;     // payload left to read for which recv() goes straight to dst
 constexpr size_t kTurnBudget = 4 << 20;     // bytes per stream per loop turn, so streams share the thread
+constexpr size_t kLendMin = 128 << 10;      // smaller lent sends are copied: page pinning would cost more
+constexpr int kPipeBytes = 1 << 20;         // pipe for lent sends (the unprivileged maximum by default)
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
@@ -59,6 +63,9 @@ TcpPair::TcpPair(const PairContext& ctx, IoLoop& loop, int peer, std::vector<Fd>
                                                    i < addrs.size() ? addrs[i] : std::string()));
   faulty_ = faults.applies(ctx.rank, peer);
   if (faulty_) gate_ = FaultGate(faults, peer);
+  // Fault injection meters bytes through sendmsg; BRAID_TCP_LEND=0 turns
+  // lending off (every send copied), e.g. to rule it out when debugging.
+  lend_ = !faulty_ && env::get_bool("BRAID_TCP_LEND", true);
 }
 
 TcpPair::~TcpPair() {
@@ -86,6 +93,14 @@ PairStats TcpPair::stats() const {
 // ------------------------------------------------------------------ sending
 
 RequestPtr TcpPair::isend(const void* buf, size_t len, Tag tag, uint32_t meta) {
+  return send(buf, len, tag, meta, false);
+}
+
+RequestPtr TcpPair::isend_lent(const void* buf, size_t len, Tag tag, uint32_t meta) {
+  return send(buf, len, tag, meta, lend_ && len >= kLendMin);
+}
+
+RequestPtr TcpPair::send(const void* buf, size_t len, Tag tag, uint32_t meta, bool lent) {
   auto req = std::make_shared<Request>(ctx_.progress);
   if (failed_.load(std::memory_order_acquire)) {
     req->fail(error_);
@@ -97,7 +112,7 @@ RequestPtr TcpPair::isend(const void* buf, size_t len, Tag tag, uint32_t meta) {
                 "raise MeshOptions::max_message_bytes on every rank, or send it in parts");
   bytes_sent_.fetch_add(len, std::memory_order_relaxed);
   msgs_sent_.fetch_add(1, std::memory_order_relaxed);
-  enqueue_frames(static_cast<const char*>(buf), len, tag, meta, req);
+  enqueue_frames(static_cast<const char*>(buf), len, tag, meta, req, lent);
   return req;
 }
 
@@ -118,7 +133,8 @@ bool TcpPair::try_eager(TcpStream& s, SendItem& item) {
   return false;
 }
 
-void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t meta, const RequestPtr& req) {
+void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t meta, const RequestPtr& req,
+                             bool lent) {
   const size_t nstreams = streams_.size();
   int64_t not_before = 0;
   if (faulty_ && gate_.latency_ns() > 0) not_before = now_ns() + gate_.latency_ns();
@@ -140,6 +156,7 @@ void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t met
     item.len = len;
     item.req = req;
     item.not_before = not_before;
+    item.lent = lent;
     bool post = false;
     {
       std::lock_guard<std::mutex> lock(s.send_mu_);
@@ -151,7 +168,7 @@ void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t met
         req->fail(std::make_exception_ptr(PeerLost(peer_, fmt::format("{} has left (it closed its mesh)", who(s)))));
         return;
       }
-      if (!faulty_ && s.sendq_.empty() && !s.tx_blocked_ && len <= kEagerMax) {
+      if (!faulty_ && !lent && s.sendq_.empty() && !s.tx_blocked_ && s.pipe_bytes_ == 0 && len <= kEagerMax) {
         if (try_eager(s, item)) {
           req->complete();
           return;
@@ -198,6 +215,7 @@ void TcpPair::enqueue_frames(const char* data, size_t len, Tag tag, uint32_t met
         item.req = req;
         item.frames_left = left;
         item.not_before = not_before;
+        item.lent = lent;
         s.queued_bytes_.fetch_add(item.wire_bytes(), std::memory_order_seq_cst);
         s.sendq_.push_back(std::move(item));
       }
@@ -223,7 +241,25 @@ bool TcpPair::tx_turn(TcpStream& s, bool writable) {
   s.timer_at_ = INT64_MAX;
   bool drop = false;
   int err = 0;
-  while (!s.sendq_.empty() && !s.tx_blocked_ && budget > 0) {
+  while (!s.tx_blocked_ && budget > 0) {
+    // Lent sends: the pipe is emptied into the socket before anything else is
+    // written, and holds at most the item at the head of the queue.
+    if (s.pipe_bytes_ > 0) {
+      if (!drain_pipe(s, budget, &err)) break;
+      continue;
+    }
+    if (s.sendq_.empty()) break;
+    if (s.sendq_.front().lent) {
+      SendItem& it = s.sendq_.front();
+      if (it.done == it.wire_bytes()) {
+        s.queued_bytes_.fetch_sub(it.wire_bytes(), std::memory_order_relaxed);
+        complete_item(it);
+        s.sendq_.pop_front();
+        continue;
+      }
+      if (!fill_pipe(s, it, &err)) break;
+      continue;
+    }
     size_t allowed = budget;
     if (faulty_) {
       if (s.sendq_.front().not_before > now) {
@@ -238,6 +274,7 @@ bool TcpPair::tx_turn(TcpStream& s, bool writable) {
     size_t bytes = 0;
     for (size_t i = 0; i < s.sendq_.size() && n < 62 && bytes < allowed; ++i) {
       SendItem& it = s.sendq_[i];
+      if (it.lent) break;  // goes through the pipe, after these
       if (faulty_ && it.not_before > now) break;
       size_t off = it.done;
       if (off < kFrameHeaderBytes) {
@@ -289,11 +326,11 @@ bool TcpPair::tx_turn(TcpStream& s, bool writable) {
       }
     }
   }
-  if (s.sendq_.empty() && s.closing_ && !s.write_shut_) {
+  if (s.sendq_.empty() && s.pipe_bytes_ == 0 && s.closing_ && !s.write_shut_) {
     ::shutdown(s.fd_.get(), SHUT_WR);
     s.write_shut_ = true;
   }
-  bool more = !s.sendq_.empty() && !s.tx_blocked_ && s.timer_at_ == INT64_MAX && budget == 0;
+  bool more = (!s.sendq_.empty() || s.pipe_bytes_ > 0) && !s.tx_blocked_ && s.timer_at_ == INT64_MAX && budget == 0;
   lock.unlock();
   if (drop || err) {
     std::lock_guard<std::mutex> rx(rx_mu_);
@@ -310,6 +347,73 @@ bool TcpPair::tx_turn(TcpStream& s, bool writable) {
     return false;
   }
   return more;
+}
+
+bool TcpPair::ensure_pipe(TcpStream& s) {
+  if (s.pipe_cap_ > 0) return true;
+  if (s.pipe_failed_) return false;
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) {
+    log::debug("pipe2 failed ({}): lent sends to rank {} are copied", std::strerror(errno), peer_);
+    s.pipe_failed_ = true;
+    return false;
+  }
+  s.pipe_r_.reset(p[0]);
+  s.pipe_w_.reset(p[1]);
+  ::fcntl(p[1], F_SETPIPE_SZ, kPipeBytes);  // may fail (pipe-max-size): keep the default size
+  int cap = ::fcntl(p[1], F_GETPIPE_SZ);
+  s.pipe_cap_ = cap > 0 ? static_cast<size_t>(cap) : 65536;
+  return true;
+}
+
+bool TcpPair::fill_pipe(TcpStream& s, SendItem& it, int* err) {
+  if (!ensure_pipe(s)) {
+    it.lent = false;  // copied by sendmsg like any other send
+    return true;
+  }
+  // The header is copied into the pipe (it lives in the queue, which moves);
+  // the payload goes in as references to the caller's pages.
+  if (it.done < kFrameHeaderBytes) {
+    ssize_t w = ::write(s.pipe_w_.get(), it.hdr + it.done, kFrameHeaderBytes - it.done);
+    if (w < 0) {
+      if (errno == EINTR || errno == EAGAIN) return true;
+      *err = errno;
+      return false;
+    }
+    it.done += static_cast<size_t>(w);
+    s.pipe_bytes_ += static_cast<size_t>(w);
+    if (it.done < kFrameHeaderBytes) return true;
+  }
+  size_t off = it.done - kFrameHeaderBytes;
+  if (off == it.len) return true;
+  iovec iov{const_cast<char*>(it.data) + off, std::min(it.len - off, s.pipe_cap_)};
+  ssize_t w = ::vmsplice(s.pipe_w_.get(), &iov, 1, SPLICE_F_NONBLOCK);
+  if (w < 0) {
+    if (errno == EINTR || errno == EAGAIN) return true;  // the pipe is full: drain it first
+    *err = errno;
+    return false;
+  }
+  it.done += static_cast<size_t>(w);
+  s.pipe_bytes_ += static_cast<size_t>(w);
+  return true;
+}
+
+bool TcpPair::drain_pipe(TcpStream& s, size_t& budget, int* err) {
+  const bool more = !s.sendq_.empty() && s.sendq_.front().done < s.sendq_.front().wire_bytes();
+  ssize_t w = ::splice(s.pipe_r_.get(), nullptr, s.fd_.get(), nullptr, s.pipe_bytes_,
+                       SPLICE_F_NONBLOCK | SPLICE_F_MOVE | (more ? SPLICE_F_MORE : 0));
+  if (w < 0) {
+    if (errno == EINTR) return true;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      s.tx_blocked_ = true;
+      return false;
+    }
+    *err = errno;
+    return false;
+  }
+  s.pipe_bytes_ -= static_cast<size_t>(w);
+  budget -= std::min(budget, static_cast<size_t>(w));
+  return true;
 }
 
 // ------------------------------------------------------------------ receiving

@@ -12,6 +12,12 @@
 // staging buffer that stays in cache. A message whose receive is not posted
 // yet is buffered (one extra copy), up to unexpected_budget_bytes per pair;
 // past that the pair stops reading and TCP flow control pushes back.
+//
+// Lent sends (isend_lent): the payload is vmsplice()d into a pipe and
+// splice()d into the socket, so the kernel references the caller's pages
+// instead of copying them; on loopback the receiver's recv() then copies
+// straight from the sender's pages — one kernel copy per byte instead of two.
+// The price is a stronger promise from the caller (see isend_lent).
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -40,6 +46,7 @@ struct SendItem {
   std::shared_ptr<std::atomic<int>> frames_left;  // set when a message has several frames
   std::unique_ptr<char[]> owned;
   int64_t not_before = 0;      // fault injection: latency
+  bool lent = false;           // payload goes by reference through the stream's pipe (isend_lent)
   size_t wire_bytes() const { return kFrameHeaderBytes + len; }
 };
 
@@ -82,6 +89,13 @@ class TcpStream final : public IoHandler {
   bool closing_ = false;      // CLOSE queued: shut the write side once the queue drains
   bool write_shut_ = false;
   std::atomic<size_t> queued_bytes_{0};
+  // Lent sends: header (copied) and payload (page references) wait in this
+  // pipe until splice() moves them into the socket; nothing else is written
+  // while it holds bytes, so the stream's byte order is kept.
+  Fd pipe_r_, pipe_w_;
+  size_t pipe_cap_ = 0;     // 0: not created yet (or creation failed: lent sends are copied)
+  bool pipe_failed_ = false;
+  size_t pipe_bytes_ = 0;
 
   // Receive side: loop thread (or a caller holding the pair's rx_mu_).
   std::unique_ptr<char[]> stage_;
@@ -111,6 +125,13 @@ class TcpPair final : public Pair {
   int peer() const override { return peer_; }
   const char* kind() const override { return "tcp"; }
   RequestPtr isend(const void* buf, size_t len, Tag tag, uint32_t meta) override;
+  // Like isend, but the kernel may keep referencing the caller's pages after
+  // the request completes, until the peer has read the bytes: the caller
+  // promises not to modify (or free) the buffer before it knows, from the
+  // protocol, that the peer received the message (e.g. the peer's answer
+  // depends on it). Small messages, and pairs with fault injection, are
+  // copied as by isend.
+  RequestPtr isend_lent(const void* buf, size_t len, Tag tag, uint32_t meta);
   RequestPtr irecv(void* buf, size_t len, Tag tag, uint32_t meta) override;
   RequestPtr irecv_reduce(void* dst, const void* local, size_t len, Tag tag, const Combiner& combiner,
                           uint32_t meta) override;
@@ -130,7 +151,14 @@ class TcpPair final : public Pair {
   enum class Cause { PeerLost, Protocol, PeerAbort, PeerClosed, LocalAbort, Shutdown };
 
   RequestPtr post_recv(std::unique_ptr<RecvOp> op);
-  void enqueue_frames(const char* data, size_t len, Tag tag, uint32_t meta, const RequestPtr& req);
+  RequestPtr send(const void* buf, size_t len, Tag tag, uint32_t meta, bool lent);
+  void enqueue_frames(const char* data, size_t len, Tag tag, uint32_t meta, const RequestPtr& req, bool lent);
+  // Lent sends: moves pipe bytes into the socket; false if the socket is full
+  // (tx_blocked_ set) or failed (*err set).
+  bool drain_pipe(TcpStream& s, size_t& budget, int* err);
+  // Puts more of the lent item at the head of the queue into the pipe.
+  bool fill_pipe(TcpStream& s, SendItem& it, int* err);
+  bool ensure_pipe(TcpStream& s);
   bool try_eager(TcpStream& s, SendItem& item);
 
   bool on_stream_io(TcpStream& s, uint32_t events);
@@ -188,6 +216,7 @@ class TcpPair final : public Pair {
   // fault injection (loop thread only)
   bool faulty_ = false;
   FaultGate gate_;
+  bool lend_ = true;  // isend_lent may lend pages (no faults, BRAID_TCP_LEND not 0)
 };
 
 }  // namespace braid::net

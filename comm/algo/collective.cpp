@@ -2,6 +2,7 @@
 
 #include "comm/reduce.hpp"
 #include "core/thread.hpp"
+#include "net/tcp_pair.hpp"
 
 namespace braid::comm {
 
@@ -59,6 +60,23 @@ size_t Collective::chunk_elems() const {
 net::RequestPtr Collective::send(int peer, const void* buf, size_t bytes, uint32_t msg) const {
   counters_->bytes_sent.fetch_add(bytes, std::memory_order_relaxed);
   return g_.mesh->pair(g_.mesh_ranks[peer]).isend(buf, bytes, tag(msg), meta_);
+}
+
+net::RequestPtr Collective::send_lent(int peer, const void* buf, size_t bytes, uint32_t msg) const {
+  net::Pair& pair = g_.mesh->pair(g_.mesh_ranks[peer]);
+  // Only TCP gains from lending (one kernel copy instead of two); the Pair
+  // contract has no such call, so ask the concrete transport.
+  if (lend_sends) {
+    if (auto* tcp = dynamic_cast<net::TcpPair*>(&pair)) {
+      counters_->bytes_sent.fetch_add(bytes, std::memory_order_relaxed);
+      return tcp->isend_lent(buf, bytes, tag(msg), meta_);
+    }
+  }
+  return send(peer, buf, bytes, msg);
+}
+
+bool Collective::pair_is_tcp(int peer) const {
+  return dynamic_cast<net::TcpPair*>(&g_.mesh->pair(g_.mesh_ranks[peer])) != nullptr;
 }
 
 net::RequestPtr Collective::recv(int peer, void* buf, size_t bytes, uint32_t msg) const {

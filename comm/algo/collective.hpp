@@ -107,6 +107,7 @@ class Collective {
   size_t chunk_bytes = 512 << 10;
   int window = 4;  // chunks in flight per direction
   int64_t spin_ns = 1'000'000;  // busy-wait before the transport's yield-then-sleep wait
+  bool lend_sends = true;       // send_lent() may lend pages to the transport
 
   // dst = op(a, b) over `count` elements of `type`.
   void reduce(void* dst, const void* a, const void* b, size_t count) const;
@@ -117,6 +118,13 @@ class Collective {
 
   // --- messages to group ranks; `msg` < kMaxMessages numbers the message ---
   net::RequestPtr send(int peer, const void* buf, size_t bytes, uint32_t msg) const;
+  // A send whose buffer the caller will not modify until it knows (from the
+  // algorithm's message order) that the peer has received it: over TCP the
+  // kernel may then reference the pages instead of copying them (see
+  // net::TcpPair::isend_lent). Other transports, or lend_sends off: send().
+  net::RequestPtr send_lent(int peer, const void* buf, size_t bytes, uint32_t msg) const;
+  // Whether messages to `peer` go over TCP (both ends of a pair agree).
+  bool pair_is_tcp(int peer) const;
   net::RequestPtr recv(int peer, void* buf, size_t bytes, uint32_t msg) const;
   // dst = op(local, incoming), or op(incoming, local) when incoming_first.
   net::RequestPtr recv_reduce(int peer, void* dst, const void* local, size_t bytes, uint32_t msg,

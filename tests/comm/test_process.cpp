@@ -249,4 +249,62 @@ TEST_P(ProcessFaults, MismatchedCountsFailEveryRank) {
 INSTANTIATE_TEST_SUITE_P(Comm, ProcessFaults, ::testing::Values(kTcp, kShm, kTwoHosts),
                          [](const auto& info) { return info.param.name; });
 
+class LargeRing : public ::testing::TestWithParam<std::tuple<TransportCase, int>> {};
+
+// Large ring all-reduces over TCP lend their pages to the kernel (vmsplice):
+// the peer reads our buffer long after our send "completed". Each rank
+// scribbles over both buffers the moment an operation returns and starts the
+// next one at once, so a rank that returned before its peers had read its
+// bytes would corrupt their results. Sizes straddle the 4 MiB threshold of
+// the closing acknowledgement; in place and out of place; sum, avg, bf16.
+TEST_P(LargeRing, ResultsStayExactWhenBuffersAreReusedAtOnce) {
+  const auto [tc, n] = GetParam();
+  std::string dir = fresh_dir("lend");
+  auto pids = fork_ranks(n, dir, [&, tc = tc, n = n](int r, net::FileStore& store) {
+    CommOptions opt;
+    opt.timeout_s = 60;
+    Communicator comm(net::connect_mesh(store, mesh_options(tc, r, n)), opt);
+    int bad = 0;
+    uint32_t seed = 7;
+    const size_t counts[] = {(4u << 20) / 4 - 1, (4u << 20) / 4 + 1, 3000017};
+    for (size_t count : counts) {
+      for (DType t : {DType::F32, DType::BF16}) {
+        if (t == DType::BF16 && count != 3000017) continue;
+        const size_t es = dtype_size(t);
+        std::vector<char> a(count * es), b(count * es), want(count * es);
+        for (int rep = 0; rep < 4; ++rep) {
+          const bool in_place = rep % 2 == 0;
+          const ReduceOp op = rep < 2 ? ReduceOp::Sum : ReduceOp::Avg;
+          ++seed;
+          for (size_t i = 0; i < count; ++i) put(t, a.data(), i, value_at(seed, r, i));
+          void* out = in_place ? a.data() : b.data();
+          comm.all_reduce(a.data(), out, count, t, op, {Algo::Ring}).wait();
+          std::memcpy(want.data(), out, count * es);  // keep the result, then scribble at once
+          std::memset(a.data(), 0x7f, a.size());
+          std::memset(b.data(), 0x7f, b.size());
+          std::vector<char> ref(count * es);
+          for (size_t i = 0; i < count; ++i) put_reduced(t, op, n, ref.data(), i, seed, i);
+          if (std::memcmp(ref.data(), want.data(), ref.size()) != 0) {
+            std::fprintf(stderr, "rank %d: %s count %zu %s %s: wrong result\n", r, std::string(dtype_name(t)).c_str(),
+                         count, reduce_op_name(op), in_place ? "in place" : "out of place");
+            ++bad;
+          }
+        }
+      }
+    }
+    store.set(fmt::format("exit/{}", r), "1");
+    for (int q = 0; q < n; ++q) store.get(fmt::format("exit/{}", q), Deadline::in_seconds(30));
+    return bad ? 2 : 0;
+  });
+  EXPECT_EQ(wait_ranks(pids), std::vector<int>(static_cast<size_t>(n), 0));
+  std::filesystem::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Comm, LargeRing,
+                         ::testing::Values(std::make_tuple(kTcp, 2), std::make_tuple(kTcp, 3),
+                                           std::make_tuple(kTcp4, 2), std::make_tuple(kTwoHosts, 4)),
+                         [](const auto& info) {
+                           return fmt::format("{}_n{}", std::get<0>(info.param).name, std::get<1>(info.param));
+                         });
+
 }  // namespace
