@@ -321,7 +321,9 @@ struct Communicator::Impl {
     Collective::Group g{mesh.get(), mesh_ranks.data(), size, rank};
     Collective c(g, collective_tag_base(group_id, d.seq), d.meta, Deadline::in_seconds(d.timeout_s), &scratch,
                  &counters);
-    c.chunk_bytes = chunk_bytes;
+    // (chunk_bytes, in the check value, is the configured chunk; the
+    // default grows with the vector, the same way on every rank.)
+    c.chunk_bytes = options.chunk_bytes ? options.chunk_bytes : default_chunk_bytes(vector_bytes(d));
     c.window = window;
     c.spin_ns = static_cast<int64_t>(options.spin_wait_us * 1000);
     c.type = d.type;

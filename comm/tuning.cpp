@@ -230,4 +230,11 @@ void write_tuning_file(const std::string& path, const std::vector<TuningMeasurem
   tuning_from_measurements(rows).save(path);
 }
 
+size_t default_chunk_bytes(size_t vector_bytes) {
+  constexpr size_t kMin = 512 << 10, kMax = 2 << 20, kChunksAtLeast = 32;
+  size_t chunk = kMin;
+  while (chunk < kMax && vector_bytes / kChunksAtLeast >= chunk * 2) chunk *= 2;
+  return chunk;
+}
+
 }  // namespace braid::comm

@@ -78,6 +78,14 @@ class TuningTable {
   uint32_t fingerprint_ = 0;
 };
 
+// The pipeline chunk when CommOptions::chunk_bytes is 0: 512 KiB, doubled up
+// to 2 MiB while the vector still holds at least 32 chunks. Larger chunks
+// halve the per-message cost of big transfers over TCP (measured on loopback:
+// 64 MiB all-reduce +15-20% with 2 MiB chunks; shared memory unchanged),
+// while medium vectors keep enough chunks to fill the pipeline. A function of
+// the vector's size only, so every rank picks the same chunk.
+size_t default_chunk_bytes(size_t vector_bytes);
+
 // The fastest algorithm per (op, topology, world, size) becomes a rule; runs
 // of sizes with the same winner merge into one rule up to the largest size
 // measured in the run. The built-in rules follow as the fallback for worlds

@@ -104,6 +104,17 @@ TEST(Tuning, TableFromMeasurementsKeepsTheFastestPerSize) {
   EXPECT_EQ(t.pick(OpKind::Broadcast, 8, 2, Topology::SingleHost), Algo::Tree);
 }
 
+// The default pipeline chunk grows with the vector (keeping >= 32 chunks)
+// from 512 KiB to at most 2 MiB.
+TEST(Tuning, DefaultChunkGrowsWithTheVector) {
+  EXPECT_EQ(default_chunk_bytes(0), 512u << 10);
+  EXPECT_EQ(default_chunk_bytes(1 << 20), 512u << 10);
+  EXPECT_EQ(default_chunk_bytes((32u << 20) - 1), 512u << 10);
+  EXPECT_EQ(default_chunk_bytes(32u << 20), 1u << 20);
+  EXPECT_EQ(default_chunk_bytes(64u << 20), 2u << 20);
+  EXPECT_EQ(default_chunk_bytes(size_t{1} << 40), 2u << 20);
+}
+
 TEST(Tuning, NamesParse) {
   EXPECT_EQ(parse_op_kind("allreduce"), OpKind::AllReduce);
   EXPECT_EQ(parse_op_kind("reduce_scatter"), OpKind::ReduceScatter);
