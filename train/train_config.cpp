@@ -7,6 +7,7 @@
 #include "core/bytes.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "train/parallel_mesh.hpp"
 
 namespace braid::train {
 namespace {
@@ -125,6 +126,13 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
   p.overlap = doc.get_bool("parallel.overlap", p.overlap);
   p.algo = doc.get_choice("parallel.algo", p.algo, {"auto", "ring", "rhd", "tree", "hier"});
   p.timeout_s = doc.get_double("parallel.timeout_s", p.timeout_s, 0.001, 1e6);
+  p.dp = doc.get_int("parallel.dp", p.dp, 0, 1 << 20);
+  p.tp = doc.get_int("parallel.tp", p.tp, 1, 1024);
+  p.pp = doc.get_int("parallel.pp", p.pp, 1, 1024);
+  p.sequence_parallel = doc.get_bool("parallel.sequence_parallel", p.sequence_parallel);
+  p.schedule = doc.get_choice("parallel.schedule", p.schedule, {"gpipe", "1f1b"});
+  p.microbatches = doc.get_int("parallel.microbatches", p.microbatches, 0, 1 << 20);
+  validate_mesh_config(c.model, c.train, p);  // train/parallel_mesh.hpp: what must divide what
 
   auto& f = c.fault;
   f.enabled = doc.get_bool("fault.enabled", f.enabled);
@@ -196,7 +204,11 @@ std::string TrainConfig::to_toml() const {
   s << "[parallel]\n"
     << fmt::format("bucket_size = {}\noverlap = {}\n", parallel.bucket_bytes, parallel.overlap)
     << "algo = " << toml_string(parallel.algo) << "\n"
-    << fmt::format("timeout_s = {}\n\n", parallel.timeout_s);
+    << fmt::format("timeout_s = {}\n", parallel.timeout_s)
+    << fmt::format("dp = {}\ntp = {}\npp = {}\nsequence_parallel = {}\n", parallel.dp, parallel.tp, parallel.pp,
+                   parallel.sequence_parallel)
+    << "schedule = " << toml_string(parallel.schedule) << "\n"
+    << fmt::format("microbatches = {}\n\n", parallel.microbatches);
   s << "[fault]\n"
     << fmt::format("enabled = {}\n", fault.enabled)
     << "global_batch = " << toml_string(fault.global_batch) << "\n"

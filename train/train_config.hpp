@@ -68,6 +68,14 @@ struct ParallelConfig {
   bool overlap = true;                  // launch bucket all-reduces during backward
   std::string algo = "auto";            // collective algorithm (comm::parse_algo)
   double timeout_s = 300;               // deadline of one collective
+  // The dp x tp x pp mesh (train/parallel_mesh.hpp, docs/parallelism.md).
+  // world = dp * tp * pp; ranks are laid out tp innermost, then pp, then dp.
+  int64_t dp = 0;                       // data-parallel replicas; 0 = world / (tp * pp)
+  int64_t tp = 1;                       // tensor-parallel ranks (Megatron: heads and MLP hidden split)
+  int64_t pp = 1;                       // pipeline stages (model.layers split evenly)
+  bool sequence_parallel = false;       // not implemented yet: true is a ConfigError
+  std::string schedule = "1f1b";        // pipeline schedule: "gpipe" | "1f1b"
+  int64_t microbatches = 0;             // pipeline micro-batches per step; 0 = train.grad_accum
 };
 
 // [fault]: fault-tolerant training under a coordinator (train/fault_tolerance.hpp,
