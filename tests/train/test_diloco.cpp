@@ -1,0 +1,268 @@
+// DiLoCo (train/diloco.hpp): the outer step of R replicas (ranks as threads
+// over the in-process transport) matches a single-process reference
+// simulation of the same R replicas, Nesterov momentum and streaming
+// fragments with delay included; every replica ends identical (bytes), also
+// with int8 pseudo-gradients, error feedback and several workers per
+// replica; bad settings are clear errors.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+#include <thread>
+
+#include "comm/communicator.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "net/mesh.hpp"
+#include "train/compute_threads.hpp"
+#include "train/diloco.hpp"
+#include "train/trainer.hpp"
+
+namespace braid::train {
+namespace {
+
+const TokenDataset& corpus() {
+  static const TokenDataset ds = [] {
+    std::string text;
+    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ", "pack my box with five dozen liquor jugs! ",
+                           "how vexingly quick daft zebras jump; ", "sphinx of black quartz, judge my vow. "};
+    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
+    std::vector<uint16_t> tokens(text.begin(), text.end());
+    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
+  }();
+  return ds;
+}
+
+TrainConfig tiny_config(int64_t steps) {
+  TrainConfig c;
+  c.model.context = 16;
+  c.model.layers = 1;
+  c.model.width = 32;
+  c.model.heads = 4;
+  c.data.paths = {"<memory>"};
+  c.optim.lr = 1e-2;
+  c.optim.min_lr = 1e-3;
+  c.optim.warmup_steps = 0;
+  c.train.steps = steps;
+  c.train.batch_size = 2;
+  c.train.eval_batches = 2;
+  c.train.seed = 99;
+  return c;
+}
+
+DilocoConfig diloco_config(int64_t H) {
+  DilocoConfig d;
+  d.enabled = true;
+  d.inner_steps = H;
+  d.outer_lr = 0.7;
+  d.outer_momentum = 0.9;
+  d.nesterov = true;
+  return d;
+}
+
+class DilocoTest : public ::testing::Test {
+ protected:
+  void SetUp() override { set_compute_threads(1); }
+};
+
+struct WorkerResult {
+  torch::Tensor params;
+  DilocoStats stats;
+};
+
+// `world` ranks as threads, each with its Diloco; params at the end.
+std::vector<WorkerResult> run_diloco(const TrainConfig& cfg, const DilocoConfig& dc, int world) {
+  auto hub = net::make_inproc_hub(world);
+  std::vector<WorkerResult> results(static_cast<size_t>(world));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        comm::Communicator comm(net::connect_inproc(hub, r));
+        DilocoGroups groups = DilocoGroups::make(dc, &comm);
+        Trainer t(cfg, corpus(), groups.inner.get());
+        Diloco diloco(dc, t, groups, corpus().train().size());
+        while (t.step() < cfg.train.steps) t.train_step();
+        results[static_cast<size_t>(r)] = {t.model().params().params().clone(), diloco.stats()};
+      } catch (...) {
+        errors[static_cast<size_t>(r)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return results;
+}
+
+// The reference: R trainers in this thread, no communication; the outer
+// step written out from the algorithm's definition, with the same schedule
+// (fragment f due when step mod H == (f+1)H/F mod H, applied `delay` steps
+// later, everything synced at the last step).
+torch::Tensor reference(const TrainConfig& cfg, const DilocoConfig& dc, int R) {
+  std::vector<std::unique_ptr<Trainer>> replicas;
+  for (int r = 0; r < R; ++r) {
+    replicas.push_back(std::make_unique<Trainer>(cfg, corpus(), nullptr));
+    replicas.back()->sampler() = BatchSampler(corpus().train().size(), cfg.model.context, cfg.train.batch_size, r,
+                                              R, cfg.train.seed);
+  }
+  // Fragment ranges from a throwaway instance (the split is not what is tested here).
+  Trainer layout_trainer(cfg, corpus(), nullptr);
+  DilocoGroups none;
+  Diloco layout(dc, layout_trainer, none, corpus().train().size());
+  const int F = layout.fragments();
+  const int64_t n = replicas[0]->model().params().numel();
+  const float* init = replicas[0]->model().params().param_data();
+  std::vector<float> sync(init, init + n), momentum(static_cast<size_t>(n), 0.0f), avg(static_cast<size_t>(n));
+  std::vector<int64_t> apply_at(static_cast<size_t>(F), -1), synced_at(static_cast<size_t>(F), 0);
+  const int64_t H = dc.inner_steps;
+  auto launch = [&](int f) {
+    auto [b, e] = layout.fragment_range(f);
+    for (int64_t i = b; i < e; ++i) {
+      float s = 0;
+      for (int r = 0; r < R; ++r) s += sync[static_cast<size_t>(i)] - replicas[static_cast<size_t>(r)]->model().params().param_data()[i];
+      avg[static_cast<size_t>(i)] = s / static_cast<float>(R);
+    }
+  };
+  auto apply = [&](int f, int64_t step) {
+    auto [b, e] = layout.fragment_range(f);
+    const float mu = static_cast<float>(dc.outer_momentum), lr = static_cast<float>(dc.outer_lr);
+    for (int64_t i = b; i < e; ++i) {
+      const size_t k = static_cast<size_t>(i);
+      momentum[k] = mu * momentum[k] + avg[k];
+      sync[k] -= lr * (dc.nesterov ? avg[k] + mu * momentum[k] : momentum[k]);
+      for (auto& t : replicas) t->model().params().param_data()[i] = sync[k];
+    }
+    apply_at[static_cast<size_t>(f)] = -1;
+    synced_at[static_cast<size_t>(f)] = step;
+  };
+  for (int64_t s = 1; s <= cfg.train.steps; ++s) {
+    for (auto& t : replicas) t->train_step();
+    const bool last = s == cfg.train.steps;
+    for (int f = 0; f < F; ++f)
+      if (apply_at[static_cast<size_t>(f)] >= 0 && (apply_at[static_cast<size_t>(f)] <= s || last)) apply(f, s);
+    for (int f = 0; f < F; ++f) {
+      const bool is_due = s % H == ((f + 1) * H / F) % H;
+      if (last ? synced_at[static_cast<size_t>(f)] != s : is_due) {
+        launch(f);
+        if (dc.delay == 0 || last) apply(f, s);
+        else apply_at[static_cast<size_t>(f)] = s + dc.delay;
+      }
+    }
+  }
+  return replicas[0]->model().params().params().clone();
+}
+
+double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return ((got - want).norm() / want.norm()).item<double>();
+}
+
+void expect_identical(const std::vector<WorkerResult>& rs) {
+  for (size_t r = 1; r < rs.size(); ++r)
+    EXPECT_EQ(std::memcmp(rs[0].params.data_ptr<float>(), rs[r].params.data_ptr<float>(),
+                          static_cast<size_t>(rs[0].params.numel()) * 4),
+              0)
+        << "worker " << r << " differs from worker 0";
+}
+
+TEST_F(DilocoTest, OuterNesterovStepMatchesReference) {
+  // Three rounds of H = 3 (momentum builds up over rounds), 3 replicas.
+  auto cfg = tiny_config(9);
+  auto dc = diloco_config(3);
+  auto rs = run_diloco(cfg, dc, 3);
+  expect_identical(rs);
+  auto want = reference(cfg, dc, 3);
+  EXPECT_LT(relative_error(rs[0].params, want), 1e-5);
+  EXPECT_EQ(rs[0].stats.outer_rounds, 3);
+  EXPECT_GT(rs[0].stats.bytes_wan, 0u);
+  // The outer step matters: plain averaging (lr 1, no momentum) lands elsewhere.
+  auto plain = dc;
+  plain.outer_lr = 1.0;
+  plain.outer_momentum = 0.0;
+  EXPECT_GT(relative_error(rs[0].params, reference(cfg, plain, 3)), 1e-4);
+}
+
+TEST_F(DilocoTest, PlainMomentumMatchesReference) {
+  auto cfg = tiny_config(8);
+  auto dc = diloco_config(4);
+  dc.nesterov = false;
+  dc.outer_lr = 0.5;
+  auto rs = run_diloco(cfg, dc, 2);
+  expect_identical(rs);
+  EXPECT_LT(relative_error(rs[0].params, reference(cfg, dc, 2)), 1e-5);
+}
+
+TEST_F(DilocoTest, StreamingFragmentsWithDelayMatchReference) {
+  auto cfg = tiny_config(10);
+  auto dc = diloco_config(4);
+  dc.fragments = 3;
+  dc.delay = 2;
+  auto rs = run_diloco(cfg, dc, 2);
+  expect_identical(rs);
+  EXPECT_LT(relative_error(rs[0].params, reference(cfg, dc, 2)), 1e-5);
+  EXPECT_GE(rs[0].stats.outer_rounds, 6);
+}
+
+TEST_F(DilocoTest, Int8WithErrorFeedbackEndsIdenticalAndClose) {
+  auto cfg = tiny_config(8);
+  auto dc = diloco_config(4);
+  dc.codec = "int8";
+  dc.error_feedback = true;
+  auto rs = run_diloco(cfg, dc, 2);
+  expect_identical(rs);
+  auto f32 = reference(cfg, diloco_config(4), 2);
+  EXPECT_LT(relative_error(rs[0].params, f32), 5e-2);  // lossy, yet near the f32 run
+  auto dc32 = diloco_config(4);
+  auto r32 = run_diloco(cfg, dc32, 2);
+  EXPECT_LT(rs[0].stats.bytes_wan * 3, r32[0].stats.bytes_wan);  // int8 is ~4x smaller than f32
+}
+
+TEST_F(DilocoTest, SeveralWorkersPerReplicaEndIdentical) {
+  auto cfg = tiny_config(6);
+  auto dc = diloco_config(3);
+  dc.workers_per_replica = 2;
+  dc.codec = "bf16";
+  auto rs = run_diloco(cfg, dc, 4);
+  expect_identical(rs);
+  // Two workers with batch B per replica read what one replica with 2B reads.
+  auto big = cfg;
+  big.train.batch_size = 2 * cfg.train.batch_size;
+  auto one_worker = diloco_config(3);
+  one_worker.codec = "bf16";
+  auto rs1 = run_diloco(big, one_worker, 2);
+  EXPECT_LT(relative_error(rs[0].params, rs1[0].params), 1e-2);
+}
+
+TEST_F(DilocoTest, BadSettingsAreClearErrors) {
+  auto read = [](const std::string& toml) {
+    Config doc = Config::from_string(toml);
+    return DilocoConfig::read(doc);
+  };
+  EXPECT_THROW(read("[diloco]\ninner_steps = 0\n"), ConfigError);
+  EXPECT_THROW(read("[diloco]\ncodec = \"int4\"\n"), ConfigError);
+  EXPECT_THROW(read("[diloco]\ninner_steps = 4\ndelay = 4\n"), ConfigError);
+  EXPECT_THROW(read("[diloco]\ninner_steps = 4\nfragments = 5\n"), ConfigError);
+  EXPECT_NO_THROW(read("[diloco]\ninner_steps = 100\nfragments = 4\ndelay = 5\ncodec = \"int8\"\n"));
+  // More fragments than tensors is found once the model exists.
+  auto cfg = tiny_config(2);
+  auto dc = diloco_config(1000);
+  dc.fragments = 500;
+  Trainer t(cfg, corpus(), nullptr);
+  DilocoGroups none;
+  try {
+    Diloco d(dc, t, none, corpus().train().size());
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("parameter tensors"), std::string::npos) << e.what();
+  }
+  int R = 0, W = 0;
+  dc.replicas = 3;
+  EXPECT_THROW(dc.resolve(4, R, W), ConfigError);
+  dc.replicas = 2;
+  dc.resolve(4, R, W);
+  EXPECT_EQ(W, 2);
+}
+
+}  // namespace
+}  // namespace braid::train

@@ -1,0 +1,199 @@
+#include "train/diloco.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+
+namespace braid::train {
+
+DilocoGroups DilocoGroups::make(const DilocoConfig& config, comm::Communicator* world) {
+  DilocoGroups g;
+  const int n = world ? world->size() : 1;
+  config.resolve(n, g.replicas, g.workers_per_replica);
+  if (!world) return g;
+  g.global_rank = world->rank();
+  g.global_world = n;
+  const int W = g.workers_per_replica;
+  g.replica = g.global_rank / W;
+  g.worker = g.global_rank % W;
+  std::vector<int> inner, outer;
+  for (int j = 0; j < W; ++j) inner.push_back(g.replica * W + j);
+  for (int r = 0; r < g.replicas; ++r) outer.push_back(r * W + g.worker);
+  // Same order on every rank: inner first, then outer.
+  g.inner = world->subgroup(inner);
+  g.outer = world->subgroup(outer);
+  return g;
+}
+
+namespace {
+
+// Contiguous runs of parameter tensors with about equal element counts; each
+// fragment gets at least one tensor.
+std::vector<std::pair<int64_t, int64_t>> split_fragments(const std::vector<ParamSlot>& slots, int64_t total,
+                                                         int64_t fragments) {
+  if (fragments > static_cast<int64_t>(slots.size()))
+    throw ConfigError(fmt::format("'diloco.fragments' = {} is more than the model's {} parameter tensors",
+                                  fragments, slots.size()),
+                      "a fragment is a run of whole tensors; use fewer fragments");
+  std::vector<std::pair<int64_t, int64_t>> out;
+  size_t next = 0;
+  for (int64_t f = 0; f < fragments; ++f) {
+    const int64_t target = total * (f + 1) / fragments;
+    const size_t must_leave = static_cast<size_t>(fragments - f - 1);
+    const int64_t begin = slots[next].offset;
+    size_t end = next + 1;  // one past the last slot of this fragment
+    while (end + must_leave < slots.size() &&
+           std::llabs(slots[end].offset + slots[end].numel - target) <= std::llabs(slots[end].offset - target))
+      ++end;
+    if (f == fragments - 1) end = slots.size();
+    out.emplace_back(begin, slots[end - 1].offset + slots[end - 1].numel);
+    next = end;
+  }
+  return out;
+}
+
+}  // namespace
+
+Diloco::Diloco(const DilocoConfig& config, Trainer& trainer, DilocoGroups& groups, size_t train_tokens)
+    : config_(config), trainer_(trainer), groups_(groups), codec_(comm::codec(config.codec)) {
+  if (config_.inner_steps < 1)
+    throw ConfigError(fmt::format("'diloco.inner_steps' = {} is below 1", config_.inner_steps),
+                      "use the number of local steps between syncs, e.g. 50");
+  auto& params = trainer_.model().params();
+  const int64_t n = params.numel();
+  fragments_ = split_fragments(params.slots(), n, config_.fragments);
+  pending_.resize(fragments_.size());
+  synced_at_.assign(fragments_.size(), 0);
+  sync_.assign(params.param_data(), params.param_data() + n);
+  momentum_.assign(static_cast<size_t>(n), 0.0f);
+  delta_.assign(static_cast<size_t>(n), 0.0f);
+  if (config_.error_feedback) residual_.assign(static_cast<size_t>(n), 0.0f);
+  const auto& t = trainer_.config();
+  trainer_.sampler() = BatchSampler(train_tokens, t.model.context, t.train.batch_size, groups_.global_rank,
+                                    groups_.global_world, t.train.seed);
+  trainer_.add_observer(this);
+}
+
+Diloco::~Diloco() {
+  // Outer all-reduces still in flight read delta_: let them end (each is
+  // bounded by its deadline) before the buffers go.
+  for (auto& p : pending_)
+    if (p.active) {
+      try {
+        p.work.wait();
+      } catch (...) {
+      }
+    }
+}
+
+bool Diloco::due(int f, int64_t step) const {
+  const int64_t H = config_.inner_steps, F = static_cast<int64_t>(fragments_.size());
+  return step > 0 && step % H == ((f + 1) * H / F) % H;
+}
+
+std::pair<int64_t, int64_t> Diloco::own_slice(int f) const {
+  const auto [b, e] = fragments_[static_cast<size_t>(f)];
+  const int64_t W = groups_.workers_per_replica, slice = (e - b + W - 1) / W;
+  const int64_t lo = std::min(e, b + groups_.worker * slice), hi = std::min(e, lo + slice);
+  return {lo, hi};
+}
+
+void Diloco::launch(int f, int64_t step) {
+  const auto [lo, hi] = own_slice(f);
+  const size_t n = static_cast<size_t>(hi - lo);
+  const float* theta = trainer_.model().params().param_data();
+  float* d = delta_.data() + lo;
+  for (size_t i = 0; i < n; ++i) d[i] = sync_[static_cast<size_t>(lo) + i] - theta[static_cast<size_t>(lo) + i];
+  if (config_.error_feedback) {
+    encode_scratch_.resize(codec_.encoded_bytes(n) + 64);
+    comm::add_error_feedback(codec_, d, residual_.data() + lo, n, encode_scratch_.data());
+  }
+  Pending& p = pending_[static_cast<size_t>(f)];
+  if (groups_.outer) {
+    comm::CollectiveOptions o;
+    o.codec = &codec_;
+    o.timeout_s = trainer_.config().parallel.timeout_s;
+    p.work = groups_.outer->all_reduce(d, d, n, DType::F32, comm::ReduceOp::Avg, o);
+  } else {
+    // One process: what the codec carries, as a one-rank all-reduce would give.
+    encode_scratch_.resize(codec_.encoded_bytes(n) + 64);
+    codec_.encode(d, n, encode_scratch_.data());
+    codec_.decode(encode_scratch_.data(), n, d);
+    p.work = comm::Work();
+  }
+  p.active = true;
+  p.apply_at = step + config_.delay;
+}
+
+void Diloco::apply(int f) {
+  Pending& p = pending_[static_cast<size_t>(f)];
+  Stopwatch wait_clock;
+  p.active = false;
+  p.work.wait();  // rethrows PeerLost, Timeout, ... of the slow link
+  stats_.outer_wait_s += wait_clock.seconds();
+  Stopwatch apply_clock;
+  const auto [lo, hi] = own_slice(f);
+  const float mu = static_cast<float>(config_.outer_momentum), lr = static_cast<float>(config_.outer_lr);
+  for (int64_t i = lo; i < hi; ++i) {
+    const size_t k = static_cast<size_t>(i);
+    const float g = delta_[k];
+    momentum_[k] = mu * momentum_[k] + g;
+    const float step = config_.nesterov ? g + mu * momentum_[k] : momentum_[k];
+    sync_[k] -= lr * step;
+  }
+  const auto [b, e] = fragments_[static_cast<size_t>(f)];
+  const int64_t W = groups_.workers_per_replica;
+  if (W > 1) {
+    // Each worker updated its slice; the replica's workers exchange them over the fast link.
+    const int64_t slice = (e - b + W - 1) / W;
+    gather_.assign(static_cast<size_t>(slice * W), 0.0f);
+    float* mine = gather_.data() + groups_.worker * slice;
+    std::memcpy(mine, sync_.data() + lo, static_cast<size_t>(hi - lo) * 4);
+    groups_.inner->all_gather(mine, gather_.data(), static_cast<size_t>(slice), DType::F32).wait();
+    std::memcpy(sync_.data() + b, gather_.data(), static_cast<size_t>(e - b) * 4);
+  }
+  std::memcpy(trainer_.model().params().param_data() + b, sync_.data() + b, static_cast<size_t>(e - b) * 4);
+  synced_at_[static_cast<size_t>(f)] = trainer_.step();
+  ++stats_.outer_rounds;
+  stats_.outer_apply_s += apply_clock.seconds();
+}
+
+void Diloco::after_step(Trainer& t, const StepMetrics&) {
+  const int64_t s = t.step();
+  for (int f = 0; f < fragments(); ++f)
+    if (pending_[static_cast<size_t>(f)].active && pending_[static_cast<size_t>(f)].apply_at <= s) apply(f);
+  if (s >= t.config().train.steps) {
+    sync_all();
+  } else {
+    for (int f = 0; f < fragments(); ++f) {
+      if (!due(f, s)) continue;
+      launch(f, s);
+      if (config_.delay == 0) apply(f);
+    }
+  }
+  if (groups_.outer) stats_.bytes_wan = groups_.outer->stats().bytes_sent;
+}
+
+void Diloco::sync_all() {
+  const int64_t s = trainer_.step();
+  for (int f = 0; f < fragments(); ++f)
+    if (pending_[static_cast<size_t>(f)].active) apply(f);
+  for (int f = 0; f < fragments(); ++f) {
+    if (synced_at_[static_cast<size_t>(f)] == s) continue;
+    launch(f, s);
+    apply(f);
+  }
+  if (groups_.outer) stats_.bytes_wan = groups_.outer->stats().bytes_sent;
+}
+
+void Diloco::annotate(StepMetrics& m) const {
+  m.extra.emplace_back("diloco_bytes_wan", static_cast<double>(stats_.bytes_wan));
+  m.extra.emplace_back("diloco_outer_rounds", static_cast<double>(stats_.outer_rounds));
+  m.extra.emplace_back("diloco_outer_wait_s", stats_.outer_wait_s);
+}
+
+}  // namespace braid::train
