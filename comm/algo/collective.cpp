@@ -1,5 +1,7 @@
 #include "comm/algo/collective.hpp"
 
+#include <sched.h>
+
 #include "comm/reduce.hpp"
 #include "core/thread.hpp"
 #include "net/tcp_pair.hpp"
@@ -102,10 +104,21 @@ void Collective::wait(const net::RequestPtr& r) const {
   // so spin only briefly.
   if (!r->done() && spin_ns > 0) {
     net::Progress* progress = g_.mesh->progress();
-    const int64_t until = now_ns() + (progress ? spin_ns : spin_ns / 50);
-    for (uint32_t i = 1; !r->done(); ++i) {
-      if (!(progress && progress->progress())) cpu_relax();
-      if ((i & 31) == 0 && now_ns() > until) break;
+    if (progress) {
+      const int64_t until = now_ns() + spin_ns;
+      for (uint32_t i = 1; !r->done(); ++i) {
+        if (!progress->progress()) cpu_relax();
+        if ((i & 31) == 0 && now_ns() > until) break;
+      }
+    } else {
+      // Only the I/O thread can complete this request, and on a busy host it
+      // may need this very core: yield rather than pause (a spinning
+      // SCHED_FIFO thread keeps the woken I/O thread off its core). Measured
+      // over loopback TCP at 4 MiB, medians of interleaved runs: a 20 us
+      // pause loop per wait ~15% slower than no spin, a 20 us yield loop ~6%
+      // faster than no spin.
+      const int64_t until = now_ns() + spin_ns / 50;
+      while (!r->done() && now_ns() < until) sched_yield();
     }
   }
   r->wait(deadline_);
