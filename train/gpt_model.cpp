@@ -80,13 +80,21 @@ torch::Tensor GptModel::logits(const torch::Tensor& idx) {
   if (idx.dim() != 2 || T > config_.context || T < 1)
     throw Error(fmt::format("GptModel: input of shape {} does not fit context {}",
                             fmt::join(idx.sizes(), "x"), config_.context));
+  if (block_runner_) block_runner_->begin_forward();
   auto x = torch::embedding(p(wte_), idx) + p(wpe_).narrow(0, 0, T);
-  for (const auto& b : blocks_) {
-    x = x + attention(b, torch::layer_norm(x, {C}, p(b.ln1_w), p(b.ln1_b), 1e-5));
-    auto h = torch::layer_norm(x, {C}, p(b.ln2_w), p(b.ln2_b), 1e-5);
-    auto fc = torch::linear(h, p(b.fc_w), p(b.fc_b));
-    h = use_reference_ops_ ? torch::gelu(fc) : train::gelu(fc);
-    x = x + torch::linear(h, p(b.mlp_proj_w), p(b.mlp_proj_b));
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    const Block& b = blocks_[l];
+    BlockParts parts;
+    parts.attention = [this, &b, C](const torch::Tensor& in) {
+      return attention(b, torch::layer_norm(in, {C}, p(b.ln1_w), p(b.ln1_b), 1e-5));
+    };
+    parts.mlp = [this, &b, C](const torch::Tensor& in) {
+      auto h = torch::layer_norm(in, {C}, p(b.ln2_w), p(b.ln2_b), 1e-5);
+      auto fc = torch::linear(h, p(b.fc_w), p(b.fc_b));
+      h = use_reference_ops_ ? torch::gelu(fc) : train::gelu(fc);
+      return torch::linear(h, p(b.mlp_proj_w), p(b.mlp_proj_b));
+    };
+    x = block_runner_ ? block_runner_->run_block(static_cast<int64_t>(l), x, parts) : parts.forward(x);
   }
   x = torch::layer_norm(x, {C}, p(lnf_w_), p(lnf_b_), 1e-5);
   return torch::linear(x, p(wte_));  // tied output layer

@@ -12,12 +12,35 @@
 // created in forward order; the model never owns a tensor outside it.
 #include "train/pch.hpp"
 
+#include <functional>
 #include <vector>
 
 #include "train/flat_parameters.hpp"
 #include "train/train_config.hpp"
 
 namespace braid::train {
+
+// The two residual branches of one block, as functions of their input:
+// block(x) = h + mlp(h) with h = x + attention(x). A BlockRunner receives them
+// so that it can run a block differently without changing the model
+// (activation recomputation: train/recompute.hpp; ZeRO: train/zero.hpp).
+struct BlockParts {
+  std::function<torch::Tensor(const torch::Tensor&)> attention;  // x -> attn(ln1(x))
+  std::function<torch::Tensor(const torch::Tensor&)> mlp;        // h -> mlp(ln2(h))
+  torch::Tensor forward(const torch::Tensor& x) const {
+    auto h = x + attention(x);
+    return h + mlp(h);
+  }
+};
+
+class BlockRunner {
+ public:
+  virtual ~BlockRunner() = default;
+  // Called at the start of every forward pass (logits()).
+  virtual void begin_forward() {}
+  // Runs block `layer` on x; the plain way is parts.forward(x).
+  virtual torch::Tensor run_block(int64_t layer, const torch::Tensor& x, const BlockParts& parts) = 0;
+};
 
 class GptModel {
  public:
@@ -44,6 +67,8 @@ class GptModel {
 
   // Stock LibTorch ops instead of the fused ones (attention, GELU), for tests.
   void use_reference_ops(bool yes) { use_reference_ops_ = yes; }
+  // Runs every block through `runner` (null: the plain forward). Not owned.
+  void set_block_runner(BlockRunner* runner) { block_runner_ = runner; }
 
   FlatParameters& params() { return params_; }
   const FlatParameters& params() const { return params_; }
@@ -69,6 +94,7 @@ class GptModel {
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   std::vector<Block> blocks_;
   bool use_reference_ops_ = false;
+  BlockRunner* block_runner_ = nullptr;
 };
 
 }  // namespace braid::train

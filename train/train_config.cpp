@@ -132,6 +132,12 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
   p.sequence_parallel = doc.get_bool("parallel.sequence_parallel", p.sequence_parallel);
   p.schedule = doc.get_choice("parallel.schedule", p.schedule, {"gpipe", "1f1b"});
   p.microbatches = doc.get_int("parallel.microbatches", p.microbatches, 0, 1 << 20);
+  p.zero = doc.get_int("parallel.zero", p.zero, 0, 3);
+  p.recompute = doc.get_choice("parallel.recompute", p.recompute, {"none", "selective", "full"});
+  if ((p.tp > 1 || p.pp > 1) && (p.zero > 0 || p.recompute != "none"))
+    throw ConfigError(fmt::format("{}: parallel.zero / parallel.recompute are not combined with tp = {} / pp = {} yet",
+                                  src, p.tp, p.pp),
+                      "use ZeRO and recomputation with data parallelism only (tp = pp = 1)");
   validate_mesh_config(c.model, c.train, p);  // train/parallel_mesh.hpp: what must divide what
 
   auto& f = c.fault;
@@ -149,8 +155,6 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
                             std::pair{"fault.job_timeout", &f.job_timeout_s}})
     if (doc.has(key)) *field = doc.get_double(key, 0, 0.001, 1e9);
     else doc.get_double(key, 0);  // marks the key as known
-
-  c.diloco = DilocoConfig::read(doc);  // train/diloco_config.cpp
 
   auto& r = c.run;
   r.dir = doc.get_string("run.dir", r.dir);
@@ -171,6 +175,9 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
     throw ConfigError(fmt::format("{}: 'checkpoint.block_size' is 0", src), "use a checksum block such as 4M");
   k.commit_timeout_s = doc.get_double("checkpoint.commit_timeout_s", k.commit_timeout_s, 0.001, 1e7);
   k.at_end = doc.get_bool("checkpoint.at_end", k.at_end);
+  if (c.fault.enabled && c.parallel.zero > 0)
+    throw ConfigError(fmt::format("{}: parallel.zero = {} cannot be combined with fault.enabled yet", src, c.parallel.zero),
+                      "healing and elastic membership move whole replicas; use parallel.zero = 0 with [fault]");
 
   doc.finish();
   return c;
@@ -210,7 +217,8 @@ std::string TrainConfig::to_toml() const {
     << fmt::format("dp = {}\ntp = {}\npp = {}\nsequence_parallel = {}\n", parallel.dp, parallel.tp, parallel.pp,
                    parallel.sequence_parallel)
     << "schedule = " << toml_string(parallel.schedule) << "\n"
-    << fmt::format("microbatches = {}\n\n", parallel.microbatches);
+    << fmt::format("microbatches = {}\n", parallel.microbatches)
+    << fmt::format("zero = {}\n", parallel.zero) << "recompute = " << toml_string(parallel.recompute) << "\n\n";
   s << "[fault]\n"
     << fmt::format("enabled = {}\n", fault.enabled)
     << "global_batch = " << toml_string(fault.global_batch) << "\n"
@@ -223,7 +231,6 @@ std::string TrainConfig::to_toml() const {
                             std::pair{"job_timeout", &fault.job_timeout_s}})
     if (*field) s << fmt::format("{} = {}\n", key, **field);
   s << "\n";
-  s << diloco.to_toml();
   s << "[run]\n"
     << "dir = " << toml_string(run.dir) << "\n"
     << "name = " << toml_string(run.name) << "\n"

@@ -11,8 +11,6 @@
 #include <string>
 #include <vector>
 
-#include "train/diloco_config.hpp"
-
 namespace braid {
 class Config;
 }
@@ -78,6 +76,9 @@ struct ParallelConfig {
   bool sequence_parallel = false;       // not implemented yet: true is a ConfigError
   std::string schedule = "1f1b";        // pipeline schedule: "gpipe" | "1f1b"
   int64_t microbatches = 0;             // pipeline micro-batches per step; 0 = train.grad_accum
+  // Memory modes (train/zero.hpp, train/recompute.hpp, docs/parallelism.md).
+  int64_t zero = 0;                     // ZeRO stage over the dp ranks: 0 (plain DP), 1, 2, 3 (FSDP)
+  std::string recompute = "none";       // activation recomputation: "none" | "selective" | "full"
 };
 
 // [fault]: fault-tolerant training under a coordinator (train/fault_tolerance.hpp,
@@ -126,7 +127,6 @@ struct TrainConfig {
   FaultConfig fault;
   RunConfig run;
   CheckpointConfig checkpoint;
-  DilocoConfig diloco;  // [diloco]: DiLoCo across slow links (train/diloco.hpp, docs/diloco.md)
 
   // Reads every key (with defaults), checks ranges and cross-field rules, and
   // rejects unknown keys (doc.finish()). Throws ConfigError naming the key.

@@ -20,8 +20,27 @@ TrainState::TrainState(Trainer& t) : trainer_(t) {
   layout_.validate();
 }
 
+namespace {
+
+// A ZeRO rank's own ranges: one per parameter piece, in flat order.
+std::vector<ckpt::HeldBuffer> zero_held(ZeroOptimizer& zero, float* flat_params) {
+  std::vector<ckpt::HeldBuffer> out;
+  auto& adam = zero.optimizer();
+  for (const auto& p : zero.layout().pieces()) {
+    const ckpt::ByteRange range{static_cast<uint64_t>(p.flat_begin) * 4, static_cast<uint64_t>(p.flat_end) * 4};
+    const float* params = zero.stage() >= 3 ? zero.shard_params().data() + p.shard_begin : flat_params + p.flat_begin;
+    out.push_back({"params", range, params, {}});
+    out.push_back({"adam_m", range, adam.exp_avg().data() + p.shard_begin, {}});
+    out.push_back({"adam_v", range, adam.exp_avg_sq().data() + p.shard_begin, {}});
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<ckpt::HeldBuffer> TrainState::held() const {
   auto& flat = trainer_.model().params();
+  if (auto* zero = trainer_.zero()) return zero_held(*zero, zero->stage() >= 3 ? nullptr : flat.param_data());
   auto& opt = trainer_.optimizer();
   const uint64_t bytes = static_cast<uint64_t>(flat.numel()) * 4;
   return {{"params", {0, bytes}, flat.param_data(), {}},
@@ -31,6 +50,14 @@ std::vector<ckpt::HeldBuffer> TrainState::held() const {
 
 std::vector<ckpt::ReadTarget> TrainState::read_targets() const {
   std::vector<ckpt::ReadTarget> out;
+  if (auto* zero = trainer_.zero(); zero && zero->stage() < 3) {
+    // Stages 1 and 2 need every parameter; the moments only in their own ranges.
+    auto& flat = trainer_.model().params();
+    out.push_back({"params", {0, static_cast<uint64_t>(flat.numel()) * 4}, flat.param_data()});
+    for (auto& h : held())
+      if (h.buffer != "params") out.push_back({h.buffer, h.range, const_cast<void*>(h.data)});
+    return out;
+  }
   for (auto& h : held()) out.push_back({h.buffer, h.range, const_cast<void*>(h.data)});
   return out;
 }

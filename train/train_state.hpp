@@ -31,9 +31,15 @@ class TrainState {
   explicit TrainState(Trainer& trainer);
 
   const ckpt::StateLayout& layout() const { return layout_; }
-  // What this rank holds in memory (data parallel: every buffer whole).
+  // What this rank holds in memory (data parallel: every buffer whole;
+  // ZeRO: its own ranges of adam_m / adam_v, and of params too — stages 1
+  // and 2 hold all parameters but each rank offers only its own ranges, so
+  // each writes its shard).
   std::vector<ckpt::HeldBuffer> held() const;
-  // Where to put every byte this rank needs when loading or healing.
+  // Where to put every byte this rank needs when loading or healing (ZeRO
+  // stages 1 and 2: all parameters, own moments; stage 3: own ranges only).
+  // The layout is the same under every mode, so a checkpoint written under
+  // one mode and world size loads under any other.
   std::vector<ckpt::ReadTarget> read_targets() const;
   // Step, optimizer step, sampler position.
   StateBlobs blobs() const;

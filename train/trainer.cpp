@@ -26,12 +26,28 @@ Trainer::Trainer(const TrainConfig& config, const TokenDataset& data, comm::Comm
       rank_(rank_of(comm)),
       world_(size_of(comm)),
       model_(config.model, config.train.seed),
-      optimizer_(model_.num_parameters(), hyper_of(config.optim)),
+      // Under ZeRO the moments live in the shard-sized ZeroOptimizer; this one
+      // only counts Adam's steps.
+      optimizer_(config.parallel.zero > 0 ? 0 : model_.num_parameters(), hyper_of(config.optim)),
       sampler_(data.train().size(), config.model.context, config.train.batch_size, rank_, world_,
                config.train.seed),
-      dp_(std::make_unique<DataParallel>(model_.params(), comm, config.parallel)) {}
+      // ZeRO 2/3 reduce-scatters gradients itself: no all-reduce then.
+      dp_(std::make_unique<DataParallel>(model_.params(), config.parallel.zero >= 2 ? nullptr : comm,
+                                         config.parallel)) {
+  const auto recompute = parse_recompute_mode(config.parallel.recompute);
+  if (config.parallel.zero > 0) {
+    zero_ = std::make_unique<ZeroOptimizer>(model_, comm, static_cast<int>(config.parallel.zero), recompute,
+                                            hyper_of(config.optim), config.parallel);
+  } else if (recompute != RecomputeMode::None) {
+    recompute_ = std::make_unique<RecomputeRunner>(recompute);
+    model_.set_block_runner(recompute_.get());
+  }
+}
 
 void Trainer::rebind(comm::Communicator* comm, int64_t batch_size, int64_t grad_accum, double collective_timeout_s) {
+  if (zero_)
+    throw ConfigError("fault-tolerant training does not support parallel.zero yet",
+                      "set parallel.zero = 0 (or fault.enabled = false)");
   dp_.reset();  // its gradient hooks and buckets belong to the old communicator
   comm_ = comm;
   rank_ = rank_of(comm);
@@ -67,6 +83,7 @@ StepMetrics Trainer::train_step() {
   // Micro-steps. Gradients accumulate in the flat buffer; only the last
   // backward launches bucket all-reduces (from the gradient hooks).
   model_.params().zero_grads();
+  if (zero_) zero_->begin_step();
   double local_loss = 0;
   for (int64_t micro = 0; micro < accum; ++micro) {
     auto batch = load_windows(data_.train(), sampler_.next_offsets());
@@ -76,6 +93,7 @@ StepMetrics Trainer::train_step() {
     local_loss += loss.item<double>();
     dp_->begin_backward(micro == accum - 1);
     (loss * (1.0 / static_cast<double>(accum))).backward();
+    if (zero_) zero_->finish_micro_step();
   }
   local_loss /= static_cast<double>(accum);
 
@@ -93,7 +111,7 @@ StepMetrics Trainer::train_step() {
   {
     const int64_t n = model_.params().numel();
     const int64_t begin = n * rank_ / world_, end = n * (rank_ + 1) / world_;
-    double sumsq = model_.params().grad_sum_of_squares(begin, end);
+    double sumsq = zero_ ? zero_->grad_sum_of_squares() : model_.params().grad_sum_of_squares(begin, end);
     std::vector<double> v = {local_loss, sumsq};
     for (int k = 0; k < kStepRequestKinds; ++k) v.push_back((local_requests_ >> k) & 1u ? 1.0 : 0.0);
     local_requests_ = 0;
@@ -123,12 +141,16 @@ StepMetrics Trainer::train_step() {
     const double scale = clip > 0 && m.grad_norm > clip ? clip / (m.grad_norm + 1e-6) : 1.0;
     torch::NoGradGuard no_grad;
     optimizer_.begin_step();
-    auto& params = model_.params();
-    if (params.dtype() != torch::kFloat32) throw Error("the optimizer runs on float32 parameters");
-    float* p = params.param_data();
-    const float* g = params.grad_data();
-    for (const auto& s : params.slots())
-      optimizer_.update(p, g, s.offset, s.offset + s.numel, m.lr, scale, s.decay);
+    if (zero_) {
+      zero_->apply(optimizer_.step(), m.lr, scale);  // own shard, then the parameters are gathered
+    } else {
+      auto& params = model_.params();
+      if (params.dtype() != torch::kFloat32) throw Error("the optimizer runs on float32 parameters");
+      float* p = params.param_data();
+      const float* g = params.grad_data();
+      for (const auto& s : params.slots())
+        optimizer_.update(p, g, s.offset, s.offset + s.numel, m.lr, scale, s.decay);
+    }
   }
   ++step_;
   m.step = step_;

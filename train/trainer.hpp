@@ -25,8 +25,10 @@
 #include "train/data_parallel.hpp"
 #include "train/flat_adamw.hpp"
 #include "train/gpt_model.hpp"
+#include "train/recompute.hpp"
 #include "train/token_dataset.hpp"
 #include "train/train_config.hpp"
+#include "train/zero.hpp"
 
 namespace braid::train {
 
@@ -104,6 +106,9 @@ class Trainer {
   FlatAdamW& optimizer() { return optimizer_; }
   BatchSampler& sampler() { return sampler_; }
   DataParallel& data_parallel() { return *dp_; }
+  // ZeRO (parallel.zero >= 1, train/zero.hpp): owns the optimizer state (and
+  // for stages 2/3 the gradients / parameters); null for plain data parallelism.
+  ZeroOptimizer* zero() { return zero_.get(); }
   comm::Communicator* communicator() { return comm_; }
   // Moves the trainer to another communicator (fault tolerance: a new epoch
   // with other members): data parallelism, rank and world follow it, the
@@ -123,6 +128,8 @@ class Trainer {
   FlatAdamW optimizer_;
   BatchSampler sampler_;
   std::unique_ptr<DataParallel> dp_;  // rebuilt by rebind()
+  std::unique_ptr<ZeroOptimizer> zero_;         // parallel.zero >= 1
+  std::unique_ptr<RecomputeRunner> recompute_;  // parallel.recompute without ZeRO
   std::vector<StepObserver*> observers_;
   int64_t step_ = 0;
   double job_peak_flops_ = 0;

@@ -15,7 +15,6 @@
 #include "train/fault_tolerance.hpp"
 #include "train/progress_line.hpp"
 #include "train/run_directory.hpp"
-#include "train/diloco.hpp"
 #include "train/trainer.hpp"
 
 namespace braid::train {
@@ -41,18 +40,9 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   all_reduce_sum(comm, peak, config.parallel.timeout_s);
   summary.job_peak_flops = peak[0];
 
-  // DiLoCo: the trainer sees its replica's communicator; Diloco syncs the
-  // replicas every diloco.inner_steps steps (train/diloco.hpp).
-  std::optional<DilocoGroups> diloco_groups;
-  if (config.diloco.enabled && config.fault.enabled)
-    throw ConfigError("[diloco] and [fault] cannot be enabled together yet",
-                      "replicas joining and leaving between outer steps is not implemented (docs/diloco.md)");
-  if (config.diloco.enabled) diloco_groups.emplace(DilocoGroups::make(config.diloco, comm));
-  Trainer trainer(config, data, diloco_groups ? diloco_groups->inner.get() : comm);
+  Trainer trainer(config, data, comm);
   trainer.set_job_peak_flops(summary.job_peak_flops);
   summary.parameters = trainer.model().num_parameters();
-  std::unique_ptr<Diloco> diloco;
-  if (diloco_groups) diloco = std::make_unique<Diloco>(config.diloco, trainer, *diloco_groups, data.train().size());
 
   // Fault tolerance: comm is null; the coordinator's quorums choose the
   // members and each epoch gets its communicator (train/fault_tolerance.hpp).
@@ -104,7 +94,6 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     std::optional<StepMetrics> next = ft ? ft->train_step() : trainer.train_step();
     if (!next) break;  // fault tolerance: the job had finished without this worker
     StepMetrics m = std::move(*next);
-    if (diloco) diloco->annotate(m);
     if (checkpointing) {
       checkpointing->annotate(m);
       if (checkpointing->stop_agreed()) {
@@ -148,6 +137,8 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     summary.hidden_fraction = comm_s > 0 ? std::max(0.0, 1.0 - exposed / comm_s) : 0.0;
   }
 
+  if (config.train.sample_tokens > 0 && !summary.stopped && trainer.zero())
+    trainer.zero()->gather_all();  // ZeRO-3: the lead samples alone, so every rank gathers first
   if (lead && config.train.sample_tokens > 0 && !summary.stopped)
     summary.sample = trainer.sample_text(config.train.sample_tokens);
   summary.wall_s = wall.seconds();
@@ -185,17 +176,6 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     j["comm_hidden_fraction"] = summary.hidden_fraction;
     j["buckets"] = trainer.data_parallel().buckets().size();
     j["wall_s"] = summary.wall_s;
-    if (diloco) {
-      nlohmann::ordered_json d;
-      d["replicas"] = diloco_groups->replicas;
-      d["workers_per_replica"] = diloco_groups->workers_per_replica;
-      d["codec"] = config.diloco.codec;
-      d["outer_rounds"] = diloco->stats().outer_rounds;
-      d["bytes_wan_this_rank"] = diloco->stats().bytes_wan;
-      d["outer_wait_s"] = diloco->stats().outer_wait_s;
-      d["outer_apply_s"] = diloco->stats().outer_apply_s;
-      j["diloco"] = d;
-    }
     if (ft) {
       const auto& st = ft->stats();
       nlohmann::ordered_json f;

@@ -1,0 +1,150 @@
+#pragma once
+// Helpers for the mesh tests: a small corpus and model, ranks as threads over
+// the in-process transport, one-process reference runs, and the full model's
+// parameters reassembled from the ranks' slices.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <thread>
+
+#include "comm/communicator.hpp"
+#include "net/mesh.hpp"
+#include "train/compute_threads.hpp"
+#include "train/parallel_mesh.hpp"
+#include "train/pipeline_trainer.hpp"
+#include "train/trainer.hpp"
+
+namespace braid::train::mesh_test {
+
+inline const TokenDataset& corpus() {
+  static const TokenDataset ds = [] {
+    std::string text;
+    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ", "pack my box with five dozen liquor jugs! ",
+                           "how vexingly quick daft zebras jump; ", "sphinx of black quartz, judge my vow. "};
+    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
+    std::vector<uint16_t> tokens(text.begin(), text.end());
+    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
+  }();
+  return ds;
+}
+
+inline TrainConfig tiny_config() {
+  TrainConfig c;
+  c.model.context = 16;
+  c.model.layers = 4;
+  c.model.width = 32;
+  c.model.heads = 4;
+  c.data.paths = {"<memory>"};
+  c.optim.lr = 1e-2;  // large, so that a few steps move the weights well away from the init
+  c.optim.min_lr = 1e-3;
+  c.optim.warmup_steps = 0;
+  c.train.steps = 3;
+  c.train.batch_size = 2;
+  c.train.eval_batches = 2;
+  c.train.seed = 1234;
+  return c;
+}
+
+struct MeshResult {
+  std::vector<StepMetrics> metrics;
+  std::vector<double> losses;
+  double val_loss = 0;
+  torch::Tensor params;  // full-model layout: this rank's elements, NaN elsewhere
+  MeshCoords coords;
+};
+
+// Runs dp*tp*pp ranks (config.parallel) as threads for `steps` steps.
+inline std::vector<MeshResult> run_mesh(const TrainConfig& cfg, int steps) {
+  validate_mesh_config(cfg.model, cfg.train, cfg.parallel);
+  const MeshShape shape{static_cast<int>(cfg.parallel.dp ? cfg.parallel.dp : 1), static_cast<int>(cfg.parallel.tp),
+                        static_cast<int>(cfg.parallel.pp)};
+  const int world = shape.world();
+  auto hub = net::make_inproc_hub(world);
+  std::vector<MeshResult> results(static_cast<size_t>(world));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        comm::Communicator comm(net::connect_inproc(hub, r));
+        ParallelMesh mesh(&comm, shape);
+        PipelineTrainer t(cfg, corpus(), mesh);
+        auto& out = results[static_cast<size_t>(r)];
+        out.coords = mesh.coords();
+        for (int s = 0; s < steps; ++s) {
+          out.metrics.push_back(t.train_step());
+          out.losses.push_back(out.metrics.back().loss);
+        }
+        out.val_loss = *t.evaluate();
+        out.params = torch::full({t.model().full_numel()}, std::nan(""), torch::kFloat32);
+        t.model().copy_to_full(out.params);
+      } catch (...) {
+        errors[static_cast<size_t>(r)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return results;
+}
+
+// One process with the same global batch: batch_size·dp sequences, the
+// pipeline's micro-batches as accumulation steps.
+struct SingleResult {
+  std::vector<double> losses;
+  double val_loss = 0;
+  torch::Tensor params;
+};
+inline SingleResult run_single(TrainConfig cfg, int steps) {
+  cfg.train.batch_size *= cfg.parallel.dp ? cfg.parallel.dp : 1;
+  cfg.train.grad_accum = pipeline_microbatches(cfg.train, cfg.parallel);
+  cfg.parallel = ParallelConfig{};
+  Trainer t(cfg, corpus(), nullptr);
+  SingleResult out;
+  for (int s = 0; s < steps; ++s) out.losses.push_back(t.train_step().loss);
+  out.val_loss = *t.evaluate();
+  out.params = t.model().params().params().clone();
+  return out;
+}
+
+// The full parameter vector put together from the ranks of dp rank `dp`;
+// every element must be covered.
+inline torch::Tensor assemble(const std::vector<MeshResult>& results, int dp) {
+  torch::Tensor full;
+  for (const auto& r : results) {
+    if (r.coords.dp != dp) continue;
+    if (!full.defined()) full = r.params.clone();
+    auto mine = ~torch::isnan(r.params);
+    full.masked_scatter_(mine, r.params.masked_select(mine));
+  }
+  EXPECT_FALSE(torch::isnan(full).any().item<bool>()) << "some parameters are held by no rank";
+  return full;
+}
+
+inline double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return ((got - want).norm() / want.norm()).item<double>();
+}
+
+// K steps on the mesh equal one process: losses, validation loss and the
+// final parameters (relative 1e-5; see test_train_loop.cpp on why the whole
+// vector and not each element), and every dp replica ends bit-identical.
+inline void expect_mesh_equals_single(const TrainConfig& cfg, int steps) {
+  auto mesh = run_mesh(cfg, steps);
+  auto single = run_single(cfg, steps);
+  for (const auto& r : mesh) {
+    ASSERT_EQ(r.losses.size(), single.losses.size());
+    for (size_t i = 0; i < r.losses.size(); ++i)
+      EXPECT_NEAR(r.losses[i], single.losses[i], 1e-5 * std::abs(single.losses[i])) << "step " << i;
+    EXPECT_NEAR(r.val_loss, single.val_loss, 1e-5 * std::abs(single.val_loss));
+  }
+  const int dp = cfg.parallel.dp ? static_cast<int>(cfg.parallel.dp) : 1;
+  auto first = assemble(mesh, 0);
+  EXPECT_LT(relative_error(first, single.params), 1e-5);
+  EXPECT_GT(relative_error(first, GptModel(cfg.model, cfg.train.seed).params().params()), 1e-3)
+      << "the parameters hardly moved: the comparison would prove nothing";
+  for (int d = 1; d < dp; ++d) EXPECT_TRUE(torch::equal(assemble(mesh, d), first)) << "dp replica " << d;
+}
+
+}  // namespace braid::train::mesh_test

@@ -1,0 +1,143 @@
+#include "train/pipeline_job.hpp"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "train/compute_threads.hpp"
+#include "train/data_parallel.hpp"
+#include "train/parallel_mesh.hpp"
+#include "train/pipeline_trainer.hpp"
+#include "train/progress_line.hpp"
+#include "train/run_directory.hpp"
+
+namespace braid::train {
+
+bool uses_model_parallelism(const TrainConfig& config) { return config.parallel.tp > 1 || config.parallel.pp > 1; }
+
+JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm, const JobOptions& options) {
+  Stopwatch wall;
+  JobSummary summary;
+  if (config.checkpoint.enabled() || options.resume)
+    throw ConfigError("checkpoints are not supported with parallel.tp > 1 or parallel.pp > 1 yet",
+                      "remove checkpoint.dir (and --resume), or train with tp = pp = 1");
+  if (config.fault.enabled)
+    throw ConfigError("fault.enabled is not supported with parallel.tp > 1 or parallel.pp > 1",
+                      "fault-tolerant training replicates whole models: use tp = pp = 1");
+  const int world = comm ? comm->size() : 1;
+  const int rank = comm ? comm->rank() : 0;
+  const bool lead = rank == 0;
+  const MeshShape shape = resolve_mesh_shape(config.parallel, world);
+
+  summary.threads = compute_threads_for(static_cast<int>(config.train.threads), options.local_ranks);
+  summary.compute = set_compute_threads(summary.threads);
+  auto data = TokenDataset::load(config.data, config.model.context, config.model.vocab_size);
+
+  if (comm && world > 1) comm->barrier().wait();
+  summary.peak = measure_matmul_peak();
+  std::vector<double> peak = {summary.peak.flops_per_s};
+  all_reduce_sum(comm, peak, config.parallel.timeout_s);
+  summary.job_peak_flops = peak[0];
+
+  ParallelMesh mesh(comm, shape);
+  PipelineTrainer trainer(config, data, mesh);
+  trainer.set_job_peak_flops(summary.job_peak_flops);
+  GptModel layout(config.model, 0);
+  summary.parameters = layout.num_parameters();
+
+  std::unique_ptr<RunDirectory> run_dir;
+  if (lead && options.write_run_dir) {
+    run_dir = std::make_unique<RunDirectory>(config.run.dir.empty() ? default_run_dir(config.run.name)
+                                                                    : config.run.dir);
+    summary.run_dir = run_dir->path();
+    run_dir->write_file("config.toml", config.to_toml());
+  }
+  if (lead) {
+    const auto& m = config.model;
+    log::info("model: {} layers, width {}, {} heads, context {}, vocab {}: {:.2f}M parameters, {:.2f}M on rank 0",
+              m.layers, m.width, m.heads, m.context, m.vocab_size, static_cast<double>(summary.parameters) * 1e-6,
+              static_cast<double>(trainer.model().params().numel()) * 1e-6);
+    log::info("mesh: dp {} x tp {} x pp {} ({} schedule, {} micro-batches of {}), {} tokens per step", shape.dp,
+              shape.tp, shape.pp, config.parallel.schedule, trainer.microbatches(), config.train.batch_size,
+              trainer.tokens_per_step());
+    if (run_dir) log::info("run directory: {}", run_dir->path());
+    if (config.train.sample_tokens > 0)
+      log::info("no text sample at the end: sampling needs the whole model on one rank (tp = pp = 1)");
+  }
+
+  ProgressLine progress(lead && config.run.progress ? options.progress : nullptr, config.train.steps,
+                        config.train.log_every);
+  const int64_t measure_from = std::min(options.measure_from_step, config.train.steps - 1);
+  double time = 0, tokens = 0, comm_s = 0, exposed = 0, mfu_time = 0, bubble = 0, pipeline = 0;
+  int64_t measured = 0;
+  StepMetrics last;
+  while (trainer.step() < config.train.steps) {
+    StepMetrics m = trainer.train_step();
+    const int64_t every = config.train.eval_every;
+    if ((every > 0 && m.step % every == 0) || m.step == config.train.steps) m.val_loss = trainer.evaluate();
+    if (m.step > measure_from) {
+      time += m.step_s;
+      tokens += m.tokens_per_s * m.step_s;
+      mfu_time += m.mfu * m.step_s;
+      comm_s += m.comm_s;
+      exposed += m.comm_exposed_s;
+      bubble += trainer.last_timing().bubble_s;
+      pipeline += trainer.last_timing().pipeline_s;
+      ++measured;
+    }
+    if (run_dir) run_dir->append_metrics(m);
+    progress.update(m);
+    last = m;
+  }
+  progress.finish();
+
+  summary.steps = trainer.step();
+  summary.final_loss = last.loss;
+  summary.final_val_loss = last.val_loss;
+  if (measured > 0 && time > 0) {
+    summary.tokens_per_s = tokens / time;
+    summary.mfu = mfu_time / time;
+    summary.step_s = time / static_cast<double>(measured);
+    summary.comm_s = comm_s / static_cast<double>(measured);
+    summary.comm_exposed_s = exposed / static_cast<double>(measured);
+  }
+  summary.wall_s = wall.seconds();
+  if (lead)
+    log::info("done: {} steps in {}, loss {:.4f}{}, {:.0f} tokens/s, MFU {:.1f}%{}", summary.steps,
+              format_duration(summary.wall_s), summary.final_loss,
+              summary.final_val_loss ? fmt::format(", validation loss {:.4f}", *summary.final_val_loss) : "",
+              summary.tokens_per_s, summary.mfu * 100,
+              shape.pp > 1 && pipeline > 0 ? fmt::format(", pipeline bubble {:.0f}% on rank 0 (ideal {:.0f}%)",
+                                                         100 * bubble / pipeline,
+                                                         100.0 * (shape.pp - 1) /
+                                                             static_cast<double>(trainer.microbatches() + shape.pp - 1))
+                                           : "");
+  if (run_dir) {
+    nlohmann::ordered_json j;
+    j["steps"] = summary.steps;
+    j["world_size"] = world;
+    j["mesh"] = {{"dp", shape.dp}, {"tp", shape.tp}, {"pp", shape.pp}, {"schedule", config.parallel.schedule},
+                 {"microbatches", trainer.microbatches()}};
+    j["cores_per_rank"] = summary.threads;
+    j["parameters"] = summary.parameters;
+    j["parameters_rank0"] = trainer.model().params().numel();
+    j["tokens_per_step"] = trainer.tokens_per_step();
+    j["flops_per_token"] = layout.flops_per_token();
+    j["peak_flops_per_rank"] = summary.peak.flops_per_s;
+    j["job_peak_flops"] = summary.job_peak_flops;
+    j["final_loss"] = summary.final_loss;
+    if (summary.final_val_loss) j["final_val_loss"] = *summary.final_val_loss;
+    j["tokens_per_s"] = summary.tokens_per_s;
+    j["mfu"] = summary.mfu;
+    if (shape.pp > 1 && pipeline > 0) j["pp_bubble_share_rank0"] = bubble / pipeline;
+    j["wall_s"] = summary.wall_s;
+    run_dir->write_file("summary.json", j.dump(2) + "\n");
+  }
+  std::fflush(stdout);
+  return summary;
+}
+
+}  // namespace braid::train

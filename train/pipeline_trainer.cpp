@@ -1,0 +1,238 @@
+#include "train/pipeline_trainer.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "train/data_parallel.hpp"
+#include "train/tensor_parallel.hpp"
+
+namespace braid::train {
+namespace {
+
+// Tags of the pipeline's messages (the pp communicator's own tag space; the
+// Communicator numbers repeated (peer, tag) pairs, so steps do not mix).
+uint32_t activation_tag(int64_t micro) { return static_cast<uint32_t>(2 * micro); }
+uint32_t gradient_tag(int64_t micro) { return static_cast<uint32_t>(2 * micro + 1); }
+constexpr uint32_t kTiedEmbeddingTag = 1u << 30;
+constexpr uint32_t kEvalTag = (1u << 30) + 1;
+
+StagePlacement placement_of(const ParallelMesh& mesh) {
+  return {mesh.tp_rank(), mesh.tp_size(), mesh.pp_rank(), mesh.pp_size()};
+}
+
+}  // namespace
+
+PipelineTrainer::PipelineTrainer(const TrainConfig& config, const TokenDataset& data, ParallelMesh& mesh)
+    : config_(config),
+      data_(data),
+      mesh_(mesh),
+      schedule_(parse_pipeline_schedule(config.parallel.schedule)),
+      microbatches_(pipeline_microbatches(config.train, config.parallel)),
+      model_(config.model, config.train.seed, placement_of(mesh), mesh.tp(), config.parallel.timeout_s),
+      optimizer_(model_.params().numel(),
+                 {config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay}),
+      sampler_(data.train().size(), config.model.context, config.train.batch_size, mesh.dp_rank(), mesh.dp_size(),
+               config.train.seed) {
+  if (mesh.tp_size() != config.parallel.tp || mesh.pp_size() != config.parallel.pp)
+    throw ConfigError(fmt::format("mesh tp x pp = {} x {} but the config says {} x {}", mesh.tp_size(),
+                                  mesh.pp_size(), config.parallel.tp, config.parallel.pp),
+                      "build the mesh from resolve_mesh_shape(config.parallel, world)");
+  validate_mesh_config(config.model, config.train, config.parallel);
+  p2p_.timeout_s = config.parallel.timeout_s;
+  GptModel layout(config.model, 0);  // only for the FLOP count (same formula as Trainer)
+  flops_per_token_ = layout.flops_per_token();
+}
+
+int64_t PipelineTrainer::tokens_per_step() const {
+  return config_.train.batch_size * microbatches_ * mesh_.dp_size() * config_.model.context;
+}
+
+torch::Tensor PipelineTrainer::load_windows(std::span<const uint16_t> split, const std::vector<uint64_t>& offsets) {
+  const int64_t T = config_.model.context;
+  auto batch = torch::empty({static_cast<int64_t>(offsets.size()), T + 1}, torch::kInt64);
+  gather_windows(split, offsets, T, batch.data_ptr<int64_t>());
+  return batch;
+}
+
+torch::Tensor PipelineTrainer::receive(const std::vector<int64_t>& shape, int peer, uint32_t tag) {
+  auto t = torch::empty(shape, torch::TensorOptions().dtype(model_.params().dtype()));
+  Stopwatch waited;
+  mesh_.pp()->recv(t.data_ptr(), static_cast<size_t>(t.nbytes()), peer, tag, p2p_).wait();
+  timing_.bubble_s += waited.seconds();
+  return t;
+}
+
+void PipelineTrainer::send(const torch::Tensor& t, int peer, uint32_t tag) {
+  auto owned = t.detach().contiguous();
+  auto work = mesh_.pp()->send(owned.data_ptr(), static_cast<size_t>(owned.nbytes()), peer, tag, p2p_);
+  pending_sends_.emplace_back(std::move(work), std::move(owned));  // the bytes must live until sent
+}
+
+void PipelineTrainer::wait_sends() {
+  for (auto& [work, tensor] : pending_sends_) work.wait();
+  pending_sends_.clear();
+}
+
+void PipelineTrainer::sum_tied_embedding_gradients() {
+  if (mesh_.pp_size() == 1) return;
+  int slot = -1, peer = -1;
+  if (mesh_.first_stage()) {
+    slot = model_.embedding();
+    peer = mesh_.pp_size() - 1;
+  } else if (mesh_.last_stage()) {
+    slot = model_.tied_embedding_copy();
+    peer = 0;
+  } else {
+    return;
+  }
+  auto& grad = model_.params().slot(slot).grad;
+  auto theirs = torch::empty_like(grad);
+  send(grad, peer, kTiedEmbeddingTag);
+  mesh_.pp()->recv(theirs.data_ptr(), static_cast<size_t>(theirs.nbytes()), peer, kTiedEmbeddingTag, p2p_).wait();
+  wait_sends();
+  torch::NoGradGuard no_grad;
+  grad.add_(theirs);  // a + b == b + a exactly: both copies get the same bits
+}
+
+StepMetrics PipelineTrainer::train_step() {
+  Stopwatch step_clock;
+  StepMetrics m;
+  const int64_t T = config_.model.context, B = config_.train.batch_size, C = config_.model.width;
+  const int64_t V = config_.model.vocab_size, M = microbatches_;
+  const int stage = mesh_.pp_rank(), stages = mesh_.pp_size();
+  const bool first = mesh_.first_stage(), last = mesh_.last_stage();
+  const uint64_t sent_before = mesh_.world() ? mesh_.world()->stats().bytes_sent : 0;
+
+  std::vector<torch::Tensor> batches;
+  for (int64_t i = 0; i < M; ++i) batches.push_back(load_windows(data_.train(), sampler_.next_offsets()));
+
+  model_.params().zero_grads();
+  timing_ = {};
+  Stopwatch pipeline_clock;
+  std::vector<torch::Tensor> inputs(static_cast<size_t>(M)), outputs(static_cast<size_t>(M));
+  double loss_sum = 0;
+  for (const auto& action : pipeline_schedule(schedule_, stages, stage, static_cast<int>(M))) {
+    const auto mb = static_cast<size_t>(action.microbatch);
+    if (action.kind == PipelineAction::Forward) {
+      torch::Tensor input;
+      if (first) {
+        input = batches[mb].narrow(1, 0, T);
+      } else {
+        input = receive({B, T, C}, stage - 1, activation_tag(action.microbatch)).requires_grad_(true);
+        inputs[mb] = input;
+      }
+      auto out = model_.forward(input);
+      if (last) {
+        auto loss = torch::cross_entropy_loss(out.reshape({-1, V}), batches[mb].narrow(1, 1, T).reshape({-1}));
+        loss_sum += loss.item<double>();
+        outputs[mb] = loss * (1.0 / static_cast<double>(M));
+      } else {
+        send(out, stage + 1, activation_tag(action.microbatch));
+        outputs[mb] = out;
+      }
+    } else {
+      if (last) {
+        outputs[mb].backward();
+      } else {
+        auto grad = receive({B, T, C}, stage + 1, gradient_tag(action.microbatch));
+        outputs[mb].backward(grad);
+      }
+      if (!first) send(inputs[mb].grad(), stage - 1, gradient_tag(action.microbatch));
+      inputs[mb] = torch::Tensor();  // this micro-batch's activations can go
+      outputs[mb] = torch::Tensor();
+    }
+  }
+  wait_sends();
+  timing_.pipeline_s = pipeline_clock.seconds();
+
+  // Gradient sync: the tied embedding's two copies, then the replicas.
+  Stopwatch sync_clock;
+  sum_tied_embedding_gradients();
+  if (auto* dp = mesh_.dp()) {
+    auto grads = model_.params().grads();
+    comm::CollectiveOptions o;
+    o.timeout_s = config_.parallel.timeout_s;
+    dp->all_reduce(grads.data_ptr(), grads.data_ptr(), static_cast<size_t>(grads.numel()),
+                   model_.params().dtype() == torch::kFloat64 ? DType::F64 : DType::F32, comm::ReduceOp::Avg, o)
+        .wait();
+  }
+
+  // Loss and global norm: each rank adds what it alone accounts for.
+  const bool counts_loss = last && mesh_.tp_rank() == 0;
+  std::vector<double> v = {counts_loss ? loss_sum / static_cast<double>(M) : 0.0,
+                           mesh_.dp_rank() == 0 ? model_.grad_sum_of_squares_share() : 0.0};
+  all_reduce_sum(mesh_.world(), v, config_.parallel.timeout_s);
+  const double sync_s = sync_clock.seconds();
+  m.loss = v[0] / mesh_.dp_size();
+  m.grad_norm = std::sqrt(v[1]);
+  if (!std::isfinite(m.grad_norm) || !std::isfinite(m.loss))
+    throw Error(fmt::format("step {}: loss {} / gradient norm {} is not finite", step_ + 1, m.loss, m.grad_norm),
+                "lower optim.lr, raise optim.warmup_steps, or keep optim.grad_clip on");
+
+  m.lr = lr_at(step_, config_.train.steps, config_.optim.warmup_steps, config_.optim.lr, config_.optim.min_lr);
+  {
+    const double clip = config_.optim.grad_clip;
+    const double scale = clip > 0 && m.grad_norm > clip ? clip / (m.grad_norm + 1e-6) : 1.0;
+    torch::NoGradGuard no_grad;
+    auto& params = model_.params();
+    if (params.dtype() != torch::kFloat32) throw Error("the optimizer runs on float32 parameters");
+    optimizer_.begin_step();
+    float* p = params.param_data();
+    const float* g = params.grad_data();
+    for (const auto& s : params.slots()) optimizer_.update(p, g, s.offset, s.offset + s.numel, m.lr, scale, s.decay);
+  }
+  ++step_;
+  m.step = step_;
+  m.step_s = step_clock.seconds();
+  // Waiting for neighbours and the gradient sync are the exposed
+  // communication; the tp all-reduces inside the blocks count as compute.
+  m.comm_exposed_s = timing_.bubble_s + sync_s;
+  m.comm_s = m.comm_exposed_s;
+  m.compute_s = std::max(0.0, m.step_s - m.comm_exposed_s);
+  m.bytes_sent = mesh_.world() ? mesh_.world()->stats().bytes_sent - sent_before : 0;
+  m.tokens_per_s = static_cast<double>(tokens_per_step()) / m.step_s;
+  if (job_peak_flops_ > 0) m.mfu = m.tokens_per_s * flops_per_token_ / job_peak_flops_;
+  if (stages > 1) {
+    m.extra.emplace_back("pp_bubble_s", timing_.bubble_s);
+    m.extra.emplace_back("pp_bubble_share", timing_.bubble_share());
+    m.extra.emplace_back("pp_bubble_ideal", static_cast<double>(stages - 1) / static_cast<double>(M + stages - 1));
+  }
+  return m;
+}
+
+std::optional<double> PipelineTrainer::evaluate() {
+  if (data_.val().empty()) return std::nullopt;
+  torch::NoGradGuard no_grad;
+  const int64_t T = config_.model.context, B = config_.train.batch_size, C = config_.model.width;
+  const int stage = mesh_.pp_rank();
+  const bool first = mesh_.first_stage(), last = mesh_.last_stage();
+  const int64_t count = config_.train.eval_batches * B * mesh_.dp_size();
+  auto offsets = eval_offsets(data_.val().size(), T, count, mesh_.dp_rank(), mesh_.dp_size());
+  double loss_sum = 0;  // sum of per-window mean losses
+  for (size_t begin = 0; begin < offsets.size(); begin += static_cast<size_t>(B)) {
+    const size_t n = std::min(offsets.size() - begin, static_cast<size_t>(B));
+    std::vector<uint64_t> chunk(offsets.begin() + static_cast<std::ptrdiff_t>(begin),
+                                offsets.begin() + static_cast<std::ptrdiff_t>(begin + n));
+    auto batch = load_windows(data_.val(), chunk);
+    const auto rows = static_cast<int64_t>(n);
+    auto x = first ? batch.narrow(1, 0, T) : receive({rows, T, C}, stage - 1, kEvalTag);
+    auto out = model_.forward(x);
+    if (!last) {
+      send(out, stage + 1, kEvalTag);
+      continue;
+    }
+    auto per_token = torch::cross_entropy_loss(out.reshape({-1, config_.model.vocab_size}),
+                                               batch.narrow(1, 1, T).reshape({-1}), {}, at::Reduction::None);
+    loss_sum += per_token.view({rows, T}).to(torch::kFloat64).mean(1).sum().item<double>();
+  }
+  wait_sends();
+  const bool counts = last && mesh_.tp_rank() == 0;
+  std::vector<double> v = {counts ? loss_sum : 0.0, counts ? static_cast<double>(offsets.size()) : 0.0};
+  all_reduce_sum(mesh_.world(), v, config_.parallel.timeout_s);
+  return v[1] > 0 ? std::optional<double>(v[0] / v[1]) : std::nullopt;
+}
+
+}  // namespace braid::train

@@ -1,0 +1,98 @@
+#pragma once
+// One rank's optimizer step on the dp x tp x pp mesh (parallel_mesh.hpp):
+//
+//   micro-batches   M batches of batch_size sequences, drawn alike by every
+//                   rank of a model replica (all stages and tp ranks of one
+//                   dp rank read the same samples; stage 0 uses the inputs,
+//                   the last stage the targets)
+//   schedule        the stage runs its GPipe or 1F1B actions
+//                   (pipeline_schedule.hpp): forwards receive activations
+//                   from the previous stage and send to the next, backwards
+//                   receive the output gradient and send the input gradient;
+//                   the tensor-parallel all-reduces run inside the blocks
+//                   (tensor_parallel.hpp)
+//   tied embedding  first and last stage add their wte gradients (pp > 1)
+//   data parallel   gradients averaged over the dp group (one all-reduce of
+//                   the stage's flat gradient buffer)
+//   loss + norm     one small all-reduce over the world: the loss from the
+//                   last stages, Σ g² shares from every rank of dp rank 0
+//   optimizer       clipped AdamW over the local flat buffers
+//
+// The step is the same math as Trainer on one process with batch_size·dp
+// sequences and M accumulation steps; tests check K steps to 1e-5.
+//
+// Cost model per step: each stage computes 1/(pp·tp) of the model's work;
+// it sends 2·M·B·T·C activations and gradients to its neighbours; tp adds
+// 4 all-reduces of B·T·C per layer and micro-batch; dp one all-reduce of the
+// stage's gradients. The bubble — time a stage waits for its neighbours — is
+// measured (pp_bubble_s) and is ideally (pp-1)/(M+pp-1) of the pipeline time.
+#include "train/pch.hpp"
+
+#include <optional>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "train/batch_sampler.hpp"
+#include "train/flat_adamw.hpp"
+#include "train/parallel_mesh.hpp"
+#include "train/pipeline_schedule.hpp"
+#include "train/tensor_parallel_gpt.hpp"
+#include "train/token_dataset.hpp"
+#include "train/trainer.hpp"
+
+namespace braid::train {
+
+// Pipeline time of the last step, in seconds.
+struct PipelineTiming {
+  double pipeline_s = 0;  // running the schedule (forwards and backwards of all micro-batches)
+  double bubble_s = 0;    // of which waiting for a neighbour's activations or gradients
+  double bubble_share() const { return pipeline_s > 0 ? bubble_s / pipeline_s : 0; }
+};
+
+class PipelineTrainer {
+ public:
+  // The mesh and the dataset must outlive the trainer. The mesh's shape must
+  // match config.parallel (tp, pp).
+  PipelineTrainer(const TrainConfig& config, const TokenDataset& data, ParallelMesh& mesh);
+
+  StepMetrics train_step();
+  // Mean validation loss over the fixed validation windows (same value on
+  // every rank); nullopt without a validation split.
+  std::optional<double> evaluate();
+
+  int64_t step() const { return step_; }
+  void set_step(int64_t s) { step_ = s; }
+  int64_t tokens_per_step() const;  // global
+  int64_t microbatches() const { return microbatches_; }
+  const TrainConfig& config() const { return config_; }
+  TensorParallelGpt& model() { return model_; }
+  FlatAdamW& optimizer() { return optimizer_; }
+  BatchSampler& sampler() { return sampler_; }
+  ParallelMesh& mesh() { return mesh_; }
+  const PipelineTiming& last_timing() const { return timing_; }
+  void set_job_peak_flops(double flops_per_s) { job_peak_flops_ = flops_per_s; }
+
+ private:
+  torch::Tensor load_windows(std::span<const uint16_t> split, const std::vector<uint64_t>& offsets);
+  torch::Tensor receive(const std::vector<int64_t>& shape, int peer, uint32_t tag);
+  void send(const torch::Tensor& t, int peer, uint32_t tag);
+  void wait_sends();
+  void sum_tied_embedding_gradients();
+
+  TrainConfig config_;
+  const TokenDataset& data_;
+  ParallelMesh& mesh_;
+  PipelineScheduleKind schedule_;
+  int64_t microbatches_;
+  TensorParallelGpt model_;
+  FlatAdamW optimizer_;
+  BatchSampler sampler_;
+  comm::CollectiveOptions p2p_;
+  std::vector<std::pair<comm::Work, torch::Tensor>> pending_sends_;
+  PipelineTiming timing_;
+  int64_t step_ = 0;
+  double job_peak_flops_ = 0;
+  double flops_per_token_ = 0;
+};
+
+}  // namespace braid::train

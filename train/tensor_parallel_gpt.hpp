@@ -1,0 +1,124 @@
+#pragma once
+// One rank's part of GptModel under tensor and pipeline parallelism: the
+// blocks of its pipeline stage, each with Megatron-split weights.
+//
+//   attention  qkv is column-parallel by heads (rank r holds the q, k and v
+//              rows of heads [r·H/tp, (r+1)·H/tp)), the output projection is
+//              row-parallel (its matching input columns); the proj bias is
+//              replicated and added after the all-reduce.
+//   MLP        fc is column-parallel on the hidden width, proj row-parallel.
+//   LayerNorms replicated on the tp ranks.
+//   embedding  wte and wpe replicated on the tp ranks (not vocab-parallel):
+//              at braid's vocabularies (256 bytes to a few 10k tokens) the
+//              output layer is a small share of the work. With pp > 1 the
+//              first stage holds wte and wpe, the last stage holds lnf and a
+//              copy of wte for the tied output layer; the trainer sums the
+//              two copies' gradients so they stay equal (as Megatron does).
+//
+// Cost model per layer and micro-batch: 1/tp of the block's matmul FLOPs and
+// weights, plus two all-reduces of B·T·C activations forward (g after the
+// attention and the MLP) and two backward (f before them).
+//
+// The weights are those of GptModel(config, seed): the full model is built
+// from the seed and each rank copies its slices (copy_from_full), so every
+// (tp, pp) layout starts from the same numbers as one process.
+#include "train/pch.hpp"
+
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "train/flat_parameters.hpp"
+#include "train/gpt_model.hpp"
+#include "train/train_config.hpp"
+
+namespace braid::train {
+
+// Where a local parameter's elements live in the full model: along `dim`,
+// local [local_begin, local_begin + length) is full [full_begin, ...).
+struct ShardPiece {
+  int dim = 0;
+  int64_t full_begin = 0;
+  int64_t local_begin = 0;
+  int64_t length = 0;
+};
+
+struct ShardedSlot {
+  int full_slot = 0;                // index in GptModel's layout
+  std::vector<ShardPiece> pieces;   // empty: the whole parameter (replicated over tp)
+  bool counted_in_norm = true;      // false for copies another rank already counts
+};
+
+struct StagePlacement {
+  int tp_rank = 0, tp = 1, pp_rank = 0, pp = 1;
+  bool first_stage() const { return pp_rank == 0; }
+  bool last_stage() const { return pp_rank == pp - 1; }
+};
+
+class TensorParallelGpt {
+ public:
+  // tp_comm: the tensor-parallel group (null when tp = 1). Throws ConfigError
+  // if heads, the MLP width or the layers do not divide.
+  TensorParallelGpt(const ModelConfig& config, uint64_t seed, const StagePlacement& place,
+                    comm::Communicator* tp_comm, double timeout_s, torch::Dtype dtype = torch::kFloat32);
+  TensorParallelGpt(const TensorParallelGpt&) = delete;
+  TensorParallelGpt& operator=(const TensorParallelGpt&) = delete;
+
+  // First stage: idx [B, T] token ids; other stages: activations [B, T, C].
+  // Returns activations [B, T, C], or logits [B, T, V] on the last stage.
+  torch::Tensor forward(const torch::Tensor& input);
+
+  // This rank's elements of the full model's flat parameter buffer (layout of
+  // GptModel(config)): copy_from_full reads them, copy_to_full writes them
+  // and leaves all other elements of `full` as they are.
+  void copy_from_full(const torch::Tensor& full_flat);
+  void copy_to_full(torch::Tensor& full_flat) const;
+  // The same, for any buffer in parameter layout (gradients, Adam moments).
+  void scatter_from_full(const torch::Tensor& full_flat, torch::Tensor& local_flat) const;
+  void gather_to_full(const torch::Tensor& local_flat, torch::Tensor& full_flat) const;
+
+  // Σ g² over the gradients this rank accounts for in the global norm: split
+  // parameters on every tp rank, replicated ones on tp rank 0 only, the tied
+  // embedding on the first stage only. Summed over a model replica's ranks it
+  // is the full model's Σ g².
+  double grad_sum_of_squares_share() const;
+
+  // Slot of the wte copy on the last stage (pp > 1), or -1.
+  int tied_embedding_copy() const { return wte_copy_ ? wte_ : -1; }
+  // Slot of wte on the first stage, or -1.
+  int embedding() const { return place_.first_stage() ? wte_ : -1; }
+
+  FlatParameters& params() { return params_; }
+  const FlatParameters& params() const { return params_; }
+  const std::vector<ShardedSlot>& sharding() const { return sharding_; }
+  const ModelConfig& config() const { return config_; }
+  const StagePlacement& placement() const { return place_; }
+  int64_t full_numel() const { return full_numel_; }
+  int64_t first_layer() const { return first_layer_; }
+  int64_t layer_count() const { return static_cast<int64_t>(blocks_.size()); }
+
+ private:
+  struct Block {
+    int ln1_w, ln1_b, qkv_w, qkv_b, attn_proj_w, attn_proj_b;
+    int ln2_w, ln2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
+  };
+  const torch::Tensor& p(int slot) const { return params_.slots()[static_cast<size_t>(slot)].param; }
+  int add(const GptModel& full, const std::string& name, std::vector<ShardPiece> pieces, bool counted = true);
+  torch::Tensor local_view(const torch::Tensor& local_flat, int slot) const;
+  torch::Tensor full_view(const torch::Tensor& full_flat, int full_slot) const;
+
+  ModelConfig config_;
+  StagePlacement place_;
+  comm::Communicator* tp_;
+  double timeout_s_;
+  FlatParameters params_;
+  std::vector<ShardedSlot> sharding_;
+  std::vector<std::vector<int64_t>> full_shapes_;
+  std::vector<int64_t> full_offsets_;
+  int64_t full_numel_ = 0;
+  int64_t first_layer_ = 0;
+  int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
+  bool wte_copy_ = false;
+  std::vector<Block> blocks_;
+};
+
+}  // namespace braid::train
