@@ -4,10 +4,12 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "comm/bootstrap.hpp"
 #include "core/checksum.hpp"
@@ -113,6 +115,7 @@ FaultTolerance::FaultTolerance(const TrainConfig& config, Trainer& trainer, doub
   reference_replicas_ = config.fault.replicas > 0 ? static_cast<int>(config.fault.replicas)
                                                   : static_cast<int>(env::get_int("BRAID_WORLD_SIZE", 1));
   if (auto d = env::get("BRAID_FT_DRILL"); d && !d->empty()) drills_ = FaultDrill::parse(*d);
+  step_delay_s_ = env::get_double("BRAID_FT_STEP_DELAY", 0);
 
   coord::ClientOptions co = coord::ClientOptions::from_env();
   co.timeouts = timeouts_;
@@ -330,6 +333,7 @@ std::optional<StepMetrics> FaultTolerance::train_step() {
   bool first = stats_.epochs == 0;
   while (true) {
     const int64_t step = trainer_.step();
+    if (step_delay_s_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(step_delay_s_));
     coord::Quorum q = client_->quorum(step);
     failure_noted_ = false;
     world_ = q.world_size();

@@ -45,6 +45,9 @@
 //                         so its peers meet it in their all-reduce), vote (after
 //                         the collectives, before its vote) or heal (a source,
 //                         before it sends the state to a joiner).
+//   BRAID_FT_STEP_DELAY=S  sleep S seconds before each step's quorum, so that a
+//                         test's run lasts long enough for a restarted or woken
+//                         worker to rejoin before the others finish.
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -152,6 +155,7 @@ class FaultTolerance : private StepObserver {
   HealOptions heal_;
   int reference_replicas_ = 1;
   std::vector<FaultDrill> drills_;
+  double step_delay_s_ = 0;  // BRAID_FT_STEP_DELAY
   std::string replica_;
   int restart_count_ = 0;
 
