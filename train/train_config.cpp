@@ -156,6 +156,8 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
     if (doc.has(key)) *field = doc.get_double(key, 0, 0.001, 1e9);
     else doc.get_double(key, 0);  // marks the key as known
 
+  c.diloco = DilocoConfig::read(doc);  // train/diloco_config.cpp
+
   auto& r = c.run;
   r.dir = doc.get_string("run.dir", r.dir);
   r.name = doc.get_string("run.name", r.name);
@@ -231,6 +233,7 @@ std::string TrainConfig::to_toml() const {
                             std::pair{"job_timeout", &fault.job_timeout_s}})
     if (*field) s << fmt::format("{} = {}\n", key, **field);
   s << "\n";
+  s << diloco.to_toml();
   s << "[run]\n"
     << "dir = " << toml_string(run.dir) << "\n"
     << "name = " << toml_string(run.name) << "\n"

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "train/diloco_config.hpp"
+
 namespace braid {
 class Config;
 }
@@ -127,6 +129,7 @@ struct TrainConfig {
   FaultConfig fault;
   RunConfig run;
   CheckpointConfig checkpoint;
+  DilocoConfig diloco;  // [diloco]: DiLoCo across slow links (train/diloco.hpp, docs/diloco.md)
 
   // Reads every key (with defaults), checks ranges and cross-field rules, and
   // rejects unknown keys (doc.finish()). Throws ConfigError naming the key.

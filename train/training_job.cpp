@@ -15,6 +15,7 @@
 #include "train/fault_tolerance.hpp"
 #include "train/progress_line.hpp"
 #include "train/run_directory.hpp"
+#include "train/diloco.hpp"
 #include "train/trainer.hpp"
 
 namespace braid::train {
@@ -40,9 +41,18 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   all_reduce_sum(comm, peak, config.parallel.timeout_s);
   summary.job_peak_flops = peak[0];
 
-  Trainer trainer(config, data, comm);
+  // DiLoCo: the trainer sees its replica's communicator; Diloco syncs the
+  // replicas every diloco.inner_steps steps (train/diloco.hpp).
+  std::optional<DilocoGroups> diloco_groups;
+  if (config.diloco.enabled && config.fault.enabled)
+    throw ConfigError("[diloco] and [fault] cannot be enabled together yet",
+                      "replicas joining and leaving between outer steps is not implemented (docs/diloco.md)");
+  if (config.diloco.enabled) diloco_groups.emplace(DilocoGroups::make(config.diloco, comm));
+  Trainer trainer(config, data, diloco_groups ? diloco_groups->inner.get() : comm);
   trainer.set_job_peak_flops(summary.job_peak_flops);
   summary.parameters = trainer.model().num_parameters();
+  std::unique_ptr<Diloco> diloco;
+  if (diloco_groups) diloco = std::make_unique<Diloco>(config.diloco, trainer, *diloco_groups, data.train().size());
 
   // Fault tolerance: comm is null; the coordinator's quorums choose the
   // members and each epoch gets its communicator (train/fault_tolerance.hpp).
@@ -94,6 +104,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     std::optional<StepMetrics> next = ft ? ft->train_step() : trainer.train_step();
     if (!next) break;  // fault tolerance: the job had finished without this worker
     StepMetrics m = std::move(*next);
+    if (diloco) diloco->annotate(m);
     if (checkpointing) {
       checkpointing->annotate(m);
       if (checkpointing->stop_agreed()) {
@@ -176,6 +187,17 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     j["comm_hidden_fraction"] = summary.hidden_fraction;
     j["buckets"] = trainer.data_parallel().buckets().size();
     j["wall_s"] = summary.wall_s;
+    if (diloco) {
+      nlohmann::ordered_json d;
+      d["replicas"] = diloco_groups->replicas;
+      d["workers_per_replica"] = diloco_groups->workers_per_replica;
+      d["codec"] = config.diloco.codec;
+      d["outer_rounds"] = diloco->stats().outer_rounds;
+      d["bytes_wan_this_rank"] = diloco->stats().bytes_wan;
+      d["outer_wait_s"] = diloco->stats().outer_wait_s;
+      d["outer_apply_s"] = diloco->stats().outer_apply_s;
+      j["diloco"] = d;
+    }
     if (ft) {
       const auto& st = ft->stats();
       nlohmann::ordered_json f;
