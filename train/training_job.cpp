@@ -13,6 +13,8 @@
 #include "train/checkpointing.hpp"
 #include "train/compute_threads.hpp"
 #include "train/fault_tolerance.hpp"
+#include "train/parallel_mesh.hpp"
+#include "train/pipeline_job.hpp"
 #include "train/progress_line.hpp"
 #include "train/run_directory.hpp"
 #include "train/diloco.hpp"
@@ -21,6 +23,9 @@
 namespace braid::train {
 
 JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm, const JobOptions& options) {
+  // Tensor / pipeline parallelism run on the mesh engine (train/pipeline_job.hpp).
+  if (uses_model_parallelism(config)) return run_pipeline_job(config, comm, options);
+  if (!config.fault.enabled) resolve_mesh_shape(config.parallel, comm ? comm->size() : 1);  // dp must fit the world
   Stopwatch wall;
   JobSummary summary;
   const int rank = comm ? comm->rank() : 0;
