@@ -180,6 +180,9 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
   if (c.fault.enabled && c.parallel.zero > 0)
     throw ConfigError(fmt::format("{}: parallel.zero = {} cannot be combined with fault.enabled yet", src, c.parallel.zero),
                       "healing and elastic membership move whole replicas; use parallel.zero = 0 with [fault]");
+  if (c.diloco.enabled && c.parallel.zero > 0)
+    throw ConfigError(fmt::format("{}: parallel.zero = {} cannot be combined with diloco.enabled yet", src, c.parallel.zero),
+                      "DiLoCo's outer step reads whole parameter replicas; use parallel.zero = 0 with [diloco]");
 
   doc.finish();
   return c;
