@@ -177,6 +177,7 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
     throw ConfigError(fmt::format("{}: 'checkpoint.block_size' is 0", src), "use a checksum block such as 4M");
   k.commit_timeout_s = doc.get_double("checkpoint.commit_timeout_s", k.commit_timeout_s, 0.001, 1e7);
   k.at_end = doc.get_bool("checkpoint.at_end", k.at_end);
+  c.health = read_health_config(doc);  // [health]: train/health_config.hpp
   if (c.fault.enabled && c.parallel.zero > 0)
     throw ConfigError(fmt::format("{}: parallel.zero = {} cannot be combined with fault.enabled yet", src, c.parallel.zero),
                       "healing and elastic membership move whole replicas; use parallel.zero = 0 with [fault]");
@@ -248,6 +249,7 @@ std::string TrainConfig::to_toml() const {
     << "if_busy = " << toml_string(checkpoint.if_busy) << "\n"
     << fmt::format("block_size = {}\ncommit_timeout_s = {}\nat_end = {}\n", checkpoint.block_bytes,
                    checkpoint.commit_timeout_s, checkpoint.at_end);
+  s << "\n" << health_config_toml(health);
   return s.str();
 }
 

@@ -13,6 +13,8 @@
 
 #include "train/diloco_config.hpp"
 
+#include "train/health_config.hpp"
+
 namespace braid {
 class Config;
 }
@@ -129,6 +131,7 @@ struct TrainConfig {
   FaultConfig fault;
   RunConfig run;
   CheckpointConfig checkpoint;
+  HealthConfig health;
   DilocoConfig diloco;  // [diloco]: DiLoCo across slow links (train/diloco.hpp, docs/diloco.md)
 
   // Reads every key (with defaults), checks ranges and cross-field rules, and

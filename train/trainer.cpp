@@ -128,7 +128,7 @@ StepMetrics Trainer::train_step() {
     for (int k = 0; k < kStepRequestKinds; ++k)
       if (v[2 + static_cast<size_t>(k)] > 0) m.requests |= 1u << k;
   }
-  if (!std::isfinite(m.grad_norm) || !std::isfinite(m.loss))
+  if ((!std::isfinite(m.grad_norm) || !std::isfinite(m.loss)) && !nonfinite_guarded_)
     throw Error(fmt::format("step {}: loss {} / gradient norm {} is not finite", step_ + 1, m.loss, m.grad_norm),
                 "lower optim.lr, raise optim.warmup_steps, or keep optim.grad_clip on");
 

@@ -95,6 +95,9 @@ class Trainer {
   void request(StepRequest r) { local_requests_ |= 1u << static_cast<uint32_t>(r); }
   // Peak of the whole job (sum over ranks), for MFU; 0 leaves MFU at 0.
   void set_job_peak_flops(double flops_per_s) { job_peak_flops_ = flops_per_s; }
+  // An observer (the health guard) vetoes steps whose loss or gradient norm
+  // is not finite; without one such a step throws.
+  void set_nonfinite_guarded(bool on) { nonfinite_guarded_ = on; }
 
   int64_t step() const { return step_; }
   void set_step(int64_t s) { step_ = s; }
@@ -133,6 +136,7 @@ class Trainer {
   std::vector<StepObserver*> observers_;
   int64_t step_ = 0;
   double job_peak_flops_ = 0;
+  bool nonfinite_guarded_ = false;
   uint32_t local_requests_ = 0;
 };
 

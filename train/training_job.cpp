@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "ckpt/checkpoint_dir.hpp"
@@ -13,6 +14,7 @@
 #include "train/checkpointing.hpp"
 #include "train/compute_threads.hpp"
 #include "train/fault_tolerance.hpp"
+#include "train/health_monitor.hpp"
 #include "train/parallel_mesh.hpp"
 #include "train/pipeline_job.hpp"
 #include "train/progress_line.hpp"
@@ -64,6 +66,10 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   std::unique_ptr<FaultTolerance> ft;
   if (config.fault.enabled) ft = std::make_unique<FaultTolerance>(config, trainer, summary.peak.flops_per_s);
 
+  // Health (docs/health.md), registered before checkpoints: a corrupted
+  // replica is repaired before its share of the state is saved.
+  HealthMonitor health(trainer, config.health, "");
+
   // Checkpoints: resume first, so that everything below starts from the saved step.
   std::unique_ptr<Checkpointing> checkpointing;
   if (config.checkpoint.enabled()) {
@@ -82,6 +88,13 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     summary.run_dir = run_dir->path();
     run_dir->write_file("config.toml", config.to_toml());
   }
+  health.set_flight_dir(run_dir ? (std::filesystem::path(run_dir->path()) / "flight").string() : "");
+  if (checkpointing)
+    health.set_rollback([&]() -> std::optional<int64_t> {
+      checkpointing->wait();  // the save in flight may be the one to go back to
+      auto loaded = checkpointing->resume();
+      return loaded ? std::optional<int64_t>(loaded->step) : std::nullopt;
+    });
   if (lead) {
     const auto& m = config.model;
     log::info("model: {} layers, width {}, {} heads, context {}, vocab {}: {:.2f}M parameters", m.layers,
@@ -109,6 +122,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     std::optional<StepMetrics> next = ft ? ft->train_step() : trainer.train_step();
     if (!next) break;  // fault tolerance: the job had finished without this worker
     StepMetrics m = std::move(*next);
+    health.annotate(m);
     if (diloco) diloco->annotate(m);
     if (checkpointing) {
       checkpointing->annotate(m);
@@ -214,6 +228,21 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
       f["heals_sent"] = st.heals_sent;
       f["replicas_at_end"] = st.replicas;
       j["fault_tolerance"] = f;
+    }
+    {
+      const auto& st = health.stats();
+      nlohmann::ordered_json h;
+      h["checks"] = st.checks;
+      h["corruptions"] = st.corruptions;
+      h["repairs"] = st.repairs;
+      h["dropped_updates"] = st.dropped_updates;
+      h["skipped_steps"] = st.skipped_steps;
+      h["rollbacks"] = st.rollbacks;
+      h["stragglers"] = st.stragglers;
+      h["injected_faults"] = st.injected;
+      h["fingerprint_s"] = st.fingerprint_s;
+      h["fingerprint_bytes"] = st.fingerprint_bytes;
+      j["health"] = h;
     }
     if (checkpointing) {
       const auto st = checkpointing->stats();
