@@ -38,6 +38,7 @@
 #include "comm/tuning.hpp"
 #include "comm/work.hpp"
 #include "core/checksum.hpp"
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/thread.hpp"
@@ -138,6 +139,7 @@ struct Communicator::Impl {
   Scratch scratch;
   size_t chunk_bytes = kDefaultChunkBytes;
   int window = kDefaultWindow;
+  bool lend_tcp = false;
 
   // Issue order and the executor's queue.
   std::mutex mu;
@@ -162,6 +164,11 @@ struct Communicator::Impl {
         std::count(layout.host_of.begin(), layout.host_of.end(), layout.host_of[static_cast<size_t>(rank)]));
     chunk_bytes = options.chunk_bytes ? options.chunk_bytes : kDefaultChunkBytes;
     window = options.chunks_in_flight > 0 ? options.chunks_in_flight : kDefaultWindow;
+    // Lent TCP sends (vmsplice; see docs/collectives.md): opt-in, since they
+    // showed no end-to-end gain on the 2-core test host. Part of the check
+    // value: ranks that disagree would disagree on the ring's closing
+    // acknowledgement, so they fail with Mismatch instead of a timeout.
+    lend_tcp = env::get_bool("BRAID_TCP_LEND", false);
     if (!(options.timeout_s > 0))
       throw ConfigError(fmt::format("collective timeout must be positive, got {}", options.timeout_s),
                         "set CommOptions::timeout_s to the seconds one collective may take");
@@ -211,7 +218,8 @@ struct Communicator::Impl {
                    (static_cast<uint64_t>(d.cross_host) << 32) | (static_cast<uint64_t>(d.kind == OpKind::Broadcast ? d.root : 0) << 40));
     h = mix(h, d.count);
     if (d.codec) h = mix(h, 0xc0dec000u | static_cast<uint64_t>(d.codec->kind()));
-    h = mix(h, chunk_bytes ^ (static_cast<uint64_t>(window) << 48) ^ (static_cast<uint64_t>(table->fingerprint()) << 16));
+    h = mix(h, chunk_bytes ^ (static_cast<uint64_t>(window) << 48) ^ (static_cast<uint64_t>(table->fingerprint()) << 16) ^
+                   (lend_tcp ? 1ull << 63 : 0));
     d.meta = h;
 
     std::unique_lock<std::mutex> lock(mu);
@@ -326,6 +334,7 @@ struct Communicator::Impl {
     c.chunk_bytes = options.chunk_bytes ? options.chunk_bytes : default_chunk_bytes(vector_bytes(d));
     c.window = window;
     c.spin_ns = static_cast<int64_t>(options.spin_wait_us * 1000);
+    c.lend_sends = lend_tcp;
     c.type = d.type;
     c.elem = dtype_size(d.type);
     c.op = d.op;

@@ -11,7 +11,6 @@
 #include <cstring>
 
 #include "core/clock.hpp"
-#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "net/abort_error.hpp"
@@ -63,9 +62,10 @@ TcpPair::TcpPair(const PairContext& ctx, IoLoop& loop, int peer, std::vector<Fd>
                                                    i < addrs.size() ? addrs[i] : std::string()));
   faulty_ = faults.applies(ctx.rank, peer);
   if (faulty_) gate_ = FaultGate(faults, peer);
-  // Fault injection meters bytes through sendmsg; BRAID_TCP_LEND=0 turns
-  // lending off (every send copied), e.g. to rule it out when debugging.
-  lend_ = !faulty_ && env::get_bool("BRAID_TCP_LEND", true);
+  // Fault injection meters bytes through sendmsg: lent sends are copied.
+  // (Whether to lend at all is the caller's choice: comm/ asks only when
+  // BRAID_TCP_LEND=1.)
+  lend_ = !faulty_;
 }
 
 TcpPair::~TcpPair() {

@@ -216,7 +216,7 @@ class TcpPair final : public Pair {
   // fault injection (loop thread only)
   bool faulty_ = false;
   FaultGate gate_;
-  bool lend_ = true;  // isend_lent may lend pages (no faults, BRAID_TCP_LEND not 0)
+  bool lend_ = true;  // isend_lent may lend pages (no fault injection on this pair)
 };
 
 }  // namespace braid::net

@@ -107,7 +107,7 @@ class Collective {
   size_t chunk_bytes = 512 << 10;
   int window = 4;  // chunks in flight per direction
   int64_t spin_ns = 1'000'000;  // busy-wait before the transport's yield-then-sleep wait
-  bool lend_sends = true;       // send_lent() may lend pages to the transport
+  bool lend_sends = false;      // send_lent() may lend pages (BRAID_TCP_LEND=1; same on every rank)
 
   // dst = op(a, b) over `count` elements of `type`.
   void reduce(void* dst, const void* a, const void* b, size_t count) const;

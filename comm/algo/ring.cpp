@@ -36,7 +36,7 @@ inline int mod(int x, int n) { return ((x % n) + n) % n; }
 constexpr size_t kLendAllGatherMin = 4 << 20;
 
 bool ring_lends_all_gather(const Collective& c, int peer, size_t vector_bytes) {
-  return vector_bytes >= kLendAllGatherMin && c.pair_is_tcp(peer);
+  return c.lend_sends && vector_bytes >= kLendAllGatherMin && c.pair_is_tcp(peer);
 }
 
 // Piece k of C of a block [at, at + len): balanced split.
@@ -71,10 +71,11 @@ void ring_all_reduce(const Collective& c, const void* in, void* out, size_t coun
   // acknowledgement proves it has read every byte we sent, so the all-gather
   // sends may lend their pages too (one kernel copy per byte on loopback
   // instead of two) for the price of one message latency. Both ends of a
-  // pair see the same transport and every rank the same size, so they agree
-  // on whether the acknowledgement is sent.
+  // pair see the same transport and every rank the same size and setting
+  // (lend_sends is part of the check value), so they agree on whether the
+  // acknowledgement is sent.
   const uint32_t ack_msg = static_cast<uint32_t>(steps * C);
-  const bool ack_right = ring_lends_all_gather(c, right, count * es);  // (whether or not lending is on)
+  const bool ack_right = ring_lends_all_gather(c, right, count * es);
   const bool ack_left = ring_lends_all_gather(c, left, count * es);
   net::RequestPtr ack_from_right = ack_right ? c.recv(right, nullptr, 0, ack_msg) : nullptr;
   // At step t this rank sends block r-t-1 and receives block r-t-2 (mod n):

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -251,7 +252,8 @@ INSTANTIATE_TEST_SUITE_P(Comm, ProcessFaults, ::testing::Values(kTcp, kShm, kTwo
 
 class LargeRing : public ::testing::TestWithParam<std::tuple<TransportCase, int>> {};
 
-// Large ring all-reduces over TCP lend their pages to the kernel (vmsplice):
+// With BRAID_TCP_LEND=1, large ring all-reduces over TCP lend their pages to
+// the kernel (vmsplice):
 // the peer reads our buffer long after our send "completed". Each rank
 // scribbles over both buffers the moment an operation returns and starts the
 // next one at once, so a rank that returned before its peers had read its
@@ -262,6 +264,7 @@ TEST_P(LargeRing, ResultsStayExactWhenBuffersAreReusedAtOnce) {
   const auto [tc, n] = GetParam();
   std::string dir = fresh_dir("lend");
   auto pids = fork_ranks(n, dir, [&, tc = tc, n = n](int r, net::FileStore& store) {
+    setenv("BRAID_TCP_LEND", "1", 1);  // opt in (this child only)
     CommOptions opt;
     opt.timeout_s = 60;
     Communicator comm(net::connect_mesh(store, mesh_options(tc, r, n)), opt);
@@ -300,6 +303,31 @@ TEST_P(LargeRing, ResultsStayExactWhenBuffersAreReusedAtOnce) {
     return bad ? 2 : 0;
   });
   EXPECT_EQ(wait_ranks(pids), std::vector<int>(static_cast<size_t>(n), 0));
+  std::filesystem::remove_all(dir);
+}
+
+// Ranks that disagree on BRAID_TCP_LEND would disagree on the ring's closing
+// acknowledgement; the setting is part of the check value, so they fail with
+// Mismatch rather than waiting for their deadline.
+TEST(LargeRingSetting, DisagreeingLendSettingsFailWithMismatch) {
+  std::string dir = fresh_dir("lendmismatch");
+  auto pids = fork_ranks(2, dir, [&](int r, net::FileStore& store) {
+    setenv("BRAID_TCP_LEND", r == 0 ? "1" : "0", 1);
+    CommOptions opt;
+    opt.timeout_s = 30;
+    Communicator comm(net::connect_mesh(store, mesh_options(kTcp, r, 2)), opt);
+    std::vector<float> v((5u << 20) / 4, 1.0f);
+    try {
+      comm.all_reduce(v.data(), v.data(), v.size(), DType::F32, ReduceOp::Sum, {Algo::Ring}).wait();
+    } catch (const Mismatch&) {
+      return 0;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "rank %d: expected Mismatch, got: %s\n", r, e.what());
+      return 4;
+    }
+    return 5;
+  });
+  EXPECT_EQ(wait_ranks(pids), (std::vector<int>{0, 0}));
   std::filesystem::remove_all(dir);
 }
 

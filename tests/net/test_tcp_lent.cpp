@@ -2,13 +2,11 @@
 // pages): byte-exact delivery, the stream's order kept when lent and copied
 // frames interleave (the pipe must drain before anything else is written),
 // striping over several streams, unaligned buffers and odd sizes, folding
-// receives, and the fallbacks (small messages, fault injection,
-// BRAID_TCP_LEND=0). The sender keeps every buffer untouched until the peer
+// receives, and the fallbacks (small messages, fault injection). The sender keeps every buffer untouched until the peer
 // has confirmed receipt, as the lending contract requires.
 #include <gtest/gtest.h>
 
 #include <barrier>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -23,7 +21,6 @@ Deadline soon() { return Deadline::in_seconds(30); }
 struct LentCase {
   std::string name;
   int streams;
-  bool lend_env_off;
 };
 
 class TcpLent : public ::testing::TestWithParam<LentCase> {};
@@ -33,12 +30,10 @@ class TcpLent : public ::testing::TestWithParam<LentCase> {};
 // posted before the peer sends and half after, plus folding receives.
 TEST_P(TcpLent, MixedLentAndCopiedSendsArriveExactAndInOrder) {
   const LentCase lc = GetParam();
-  if (lc.lend_env_off) setenv("BRAID_TCP_LEND", "0", 1);
   auto meshes = connect_threads(2, [&](int r) {
     MeshOptions o = options_for({"tcp", TransportChoice::Tcp, lc.streams}, r, 2);
     return o;
   });
-  if (lc.lend_env_off) unsetenv("BRAID_TCP_LEND");
   const std::vector<size_t> sizes = {0,         1,         4096,      (64 << 10) + 1, 128 << 10,   (128 << 10) + 3,
                                      (1 << 20), 1000003,   (3 << 20) + 4093, 77,     (5 << 20) + 7, 256 << 10};
   std::barrier sync(2);
@@ -116,8 +111,7 @@ TEST(TcpLentFaults, LatencyFaultStillDelaysLentSends) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Net, TcpLent,
-                         ::testing::Values(LentCase{"one_stream", 1, false}, LentCase{"four_streams", 4, false},
-                                           LentCase{"lending_off", 1, true}),
+                         ::testing::Values(LentCase{"one_stream", 1}, LentCase{"four_streams", 4}),
                          [](const auto& info) { return info.param.name; });
 
 }  // namespace
