@@ -1,8 +1,10 @@
 // braid ckpt ls|verify|inspect: look into a checkpoint directory without
 // training. `verify` exits 0 only when the checkpoint(s) checked are valid
 // and names every problem (file, what, tensors) otherwise.
-// braid bench ckpt: blocked time of an asynchronous save versus a synchronous
-// one, and write throughput versus a plain sequential write (synthetic state).
+// braid bench ckpt --synthetic: blocked time of an asynchronous save versus a
+// synchronous one, and write throughput versus a plain sequential write, on
+// synthetic state (the default `bench ckpt` drives the real training loop:
+// cli/torch/cmd_bench_ckpt.cpp).
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -18,6 +20,7 @@
 #include "ckpt/checkpoint_dir.hpp"
 #include "ckpt/checkpoint_reader.hpp"
 #include "ckpt/save_benchmark.hpp"
+#include "cli/ckpt_bench.hpp"
 #include "cli/command.hpp"
 #include "core/bytes.hpp"
 #include "core/checksum.hpp"
@@ -281,17 +284,11 @@ std::function<int()> setup(CLI::App& app) {
 
 BRAID_COMMAND("ckpt", 50, setup);
 
-// ------------------------------------------------------------------ bench ckpt
+}  // namespace
 
-struct BenchArgs {
-  std::string dir;
-  std::string size = "256M";
-  int writers = 1;
-  int repeats = 3;
-  bool json = false;
-};
+// ------------------------------------------------------------------ bench ckpt --synthetic
 
-int run_bench(const BenchArgs& a) {
+int run_synthetic_ckpt_bench(const SyntheticCkptBenchArgs& a) {
   // One "committed" line per save would drown the table.
   if (!std::getenv("BRAID_LOG")) log::set_level(log::Level::Warn);
   SaveBenchOptions o;
@@ -358,18 +355,24 @@ int run_bench(const BenchArgs& a) {
   return 0;
 }
 
+#ifndef BRAID_WITH_TORCH
+namespace {
+
 std::function<int()> bench_setup(CLI::App& bench) {
-  auto a = std::make_shared<BenchArgs>();
+  auto a = std::make_shared<SyntheticCkptBenchArgs>();
   auto* sub = bench.add_subcommand("ckpt", "Checkpoint cost: async vs sync blocked time, write throughput vs plain");
   sub->add_option("--dir", a->dir, "Directory on the disk to measure (default: the temp directory)");
   sub->add_option("--size", a->size, "Total state in flat buffers (params, adam_m, adam_v)")->capture_default_str();
   sub->add_option("--writers", a->writers, "Ranks (threads) splitting the writing")->capture_default_str();
   sub->add_option("--repeats", a->repeats, "Measurements of each kind (medians reported)")->capture_default_str();
   sub->add_flag("--json", a->json, "Machine-readable output");
-  return [a] { return run_bench(*a); };
+  return [a] { return run_synthetic_ckpt_bench(*a); };
 }
 
+// With LibTorch, cli/torch/cmd_bench_ckpt.cpp registers `bench ckpt` (the
+// real training loop by default, this one with --synthetic).
 BRAID_BENCH("ckpt", 30, bench_setup);
 
 }  // namespace
+#endif
 }  // namespace braid::cli
