@@ -1,0 +1,359 @@
+// braid bench recovery: what a fault costs fault-tolerant training. For each
+// fault (kill, stop) it runs the example job with N workers under
+// `braid launch` over TCP, makes one worker fail at a chosen step
+// (BRAID_FT_DRILL: SIGKILL with a launcher restart, or SIGSTOP followed by a
+// SIGCONT once the others go on without it), and reads the workers'
+// fault-tolerance events (BRAID_FT_EVENTS; CLOCK_MONOTONIC timestamps, so the
+// processes' clocks agree):
+//   detect    fault -> the first survivor's failed collective or aborted epoch
+//   next      fault -> the first step a survivor commits after it
+//   redone    steps the survivors discarded and did again
+//   heal      bytes the returning worker fetched from a peer, and how fast
+// In the same run a quick `braid bench comm` all-reduce over TCP (the heal's
+// size, 2 ranks) gives the bandwidth the heal rate is compared with.
+//
+// A network cut (link down) is exercised by tests/ft (network namespaces,
+// root only); its recovery path is the hang's (heartbeat death), so the stop
+// row stands for both.
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <set>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "cli/command.hpp"
+#include "coord/timeouts.hpp"
+#include "core/error.hpp"
+
+namespace braid::cli {
+namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct BenchRecoveryArgs {
+  std::string config = "examples/default.toml";
+  std::vector<std::string> sets;
+  std::vector<std::string> faults = {"kill", "stop"};
+  int workers = 3;
+  int steps = 80;
+  int at = 15;
+  double timeout_s = 600;
+  bool json = false;
+  bool keep = false;
+};
+
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string self_exe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) throw Error("cannot find the braid executable (/proc/self/exe)");
+  return p.string();
+}
+
+using Events = std::map<std::string, std::vector<json>>;
+
+Events read_events(const std::string& dir) {
+  Events out;
+  if (!fs::exists(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::ifstream f(e.path());
+    std::string line;
+    while (std::getline(f, line)) {
+      if (line.empty()) continue;
+      try {
+        auto j = json::parse(line);
+        out[j.at("replica").get<std::string>()].push_back(j);
+      } catch (const json::exception&) {  // a line being written
+      }
+    }
+  }
+  return out;
+}
+
+struct FaultResult {
+  std::string fault;
+  bool ok = false;
+  std::string error;
+  double detect_s = -1;        // fault -> first survivor failure event
+  double next_commit_s = -1;   // fault -> first survivor commit after it
+  int redone = 0;              // distinct steps the survivors discarded
+  int world_after = 0;         // members of the first epoch after the fault
+  uint64_t heal_bytes = 0;
+  double heal_s = 0;
+  double heal_rate = 0;        // bytes/s
+  double rejoin_s = -1;        // fault -> the returning worker's first commit
+  std::string dir;
+};
+
+// One job with one fault; the faulty worker is replica workers-1.
+FaultResult run_fault(const BenchRecoveryArgs& a, const std::string& fault, const coord::Timeouts& timeouts) {
+  FaultResult r;
+  r.fault = fault;
+  char tmpl[] = "/tmp/braid_bench_recovery_XXXXXX";
+  if (!mkdtemp(tmpl)) throw IoError("cannot create a temporary directory in /tmp");
+  r.dir = tmpl;
+  const std::string events_dir = r.dir + "/events", log = r.dir + "/launch.log";
+  const std::string victim = std::to_string(a.workers - 1);
+  const std::string exe = self_exe();
+  std::string cmd = "BRAID_TRANSPORT=tcp BRAID_FT_EVENTS=" + shell_quote(events_dir) + " BRAID_FT_DRILL=" +
+                    (fault == "kill" ? "kill:" : "stop:") + victim + "@" + std::to_string(a.at) + " " +
+                    shell_quote(exe) + " launch --nproc " + std::to_string(a.workers) +
+                    (fault == "kill" ? " --max-restarts 1" : "") +
+                    fmt::format(" --collective-timeout {} --heartbeat-interval {} --heartbeat-death {} --quorum-wait {} "
+                                "--job-timeout {}",
+                                timeouts.collective_s, timeouts.heartbeat_interval_s, timeouts.heartbeat_death_s,
+                                timeouts.quorum_wait_s, timeouts.job_timeout_s) +
+                    " -- " + shell_quote(exe) + " train " +
+                    shell_quote(a.config) + " --set fault.enabled=true --set train.steps=" + std::to_string(a.steps) +
+                    " --set train.eval_every=0 --set train.sample_tokens=0 --set run.progress=false --set run.dir=" +
+                    shell_quote(r.dir + "/run");
+  for (const auto& s : a.sets) cmd += " --set " + shell_quote(s);
+
+  pid_t pid = fork();
+  if (pid < 0) throw Error("fork failed");
+  if (pid == 0) {
+    setpgid(0, 0);
+    std::string line = "exec env " + cmd + " >" + shell_quote(log) + " 2>&1";
+    execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  int status = 0;
+  bool exited = false;
+  pid_t stopped = 0;
+  bool continued = false;
+  while (!exited) {
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      break;
+    }
+    if (elapsed() > a.timeout_s) {
+      if (stopped) kill(stopped, SIGCONT);
+      kill(-pid, SIGTERM);
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+      kill(-pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      r.error = fmt::format("the job did not finish within {:.0f} s (log: {})", a.timeout_s, log);
+      return r;
+    }
+    if (fault == "stop" && !continued) {
+      // SIGCONT once every survivor committed a step without the stopped worker.
+      Events ev = read_events(events_dir);
+      if (!stopped && ev.count(victim))
+        for (const auto& e : ev[victim])
+          if (e["event"] == "drill") stopped = static_cast<pid_t>(e["pid"].get<int64_t>());
+      if (stopped) {
+        int survivors_on = 0;
+        for (int w = 0; w + 1 < a.workers; ++w)
+          for (const auto& e : ev[std::to_string(w)])
+            if (e["event"] == "commit" && e["world"].get<int>() < a.workers) {
+              ++survivors_on;
+              break;
+            }
+        if (survivors_on == a.workers - 1) {
+          kill(stopped, SIGCONT);
+          continued = true;
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  if (code != 0) {
+    r.error = fmt::format("the job exited with {} (log: {})", code, log);
+    return r;
+  }
+
+  Events ev = read_events(events_dir);
+  double t_fault = -1;
+  for (const auto& e : ev[victim])
+    if (e["event"] == "drill") t_fault = e["t"].get<double>();
+  if (t_fault < 0) {
+    r.error = "the fault was never injected (the job ended before step " + std::to_string(a.at) + "?)";
+    return r;
+  }
+  double first_failure = std::numeric_limits<double>::max(), first_commit = std::numeric_limits<double>::max();
+  std::set<int64_t> redone;
+  for (int w = 0; w + 1 < a.workers; ++w)
+    for (const auto& e : ev[std::to_string(w)]) {
+      const double t = e["t"].get<double>();
+      if (t < t_fault) continue;
+      if (e["event"] == "failure") first_failure = std::min(first_failure, t);
+      if (e["event"] == "discard") redone.insert(e["step"].get<int64_t>());
+      if (e["event"] == "commit" && t < first_commit) {
+        first_commit = t;
+        r.world_after = e["world"].get<int>();
+      }
+    }
+  if (first_failure < std::numeric_limits<double>::max()) r.detect_s = first_failure - t_fault;
+  if (first_commit < std::numeric_limits<double>::max()) r.next_commit_s = first_commit - t_fault;
+  r.redone = static_cast<int>(redone.size());
+  bool healed = false;
+  for (const auto& e : ev[victim]) {
+    if (e["event"] == "heal" && e["t"].get<double>() > t_fault) {
+      r.heal_bytes = e["bytes"].get<uint64_t>();
+      r.heal_s = e["seconds"].get<double>();
+      r.heal_rate = e["bytes_per_s"].get<double>();
+      healed = true;
+    }
+    if (healed && e["event"] == "commit" && r.rejoin_s < 0) r.rejoin_s = e["t"].get<double>() - t_fault;
+  }
+  r.ok = true;
+  return r;
+}
+
+// busbw of a TCP all-reduce of `bytes` between 2 local ranks (bytes/s).
+double tcp_allreduce_busbw(uint64_t bytes, std::string* error) {
+  const std::string cmd = shell_quote(self_exe()) + " bench comm --np 2 --transport tcp --op allreduce --sizes " +
+                          std::to_string(std::max<uint64_t>(bytes, 1 << 20)) + " --json --quiet 2>/dev/null";
+  std::FILE* p = popen(cmd.c_str(), "r");
+  if (!p) {
+    *error = "cannot run " + cmd;
+    return 0;
+  }
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  std::istringstream lines(out);
+  std::string line;
+  double best = 0;
+  while (std::getline(lines, line)) {
+    try {
+      auto j = json::parse(line);
+      if (j.value("impl", "") == "braid") best = std::max(best, j.at("busbw_gbps").get<double>() * 1e9);
+    } catch (const json::exception&) {
+    }
+  }
+  if (best <= 0) *error = "no result from: " + cmd;
+  return best;
+}
+
+int run_bench_recovery(const BenchRecoveryArgs& a) {
+  if (a.workers < 2) throw ConfigError("--workers must be at least 2", "a fault needs a survivor");
+  if (a.at < 1 || a.at >= a.steps)
+    throw ConfigError(fmt::format("--at {} is outside 1..{}", a.at, a.steps - 1), "fail a step inside the run");
+  if (!fs::exists(a.config))
+    throw ConfigError("job file '" + a.config + "' does not exist", "run from the repository root or pass --config");
+  for (const auto& f : a.faults)
+    if (f != "kill" && f != "stop")
+      throw ConfigError("unknown fault '" + f + "'",
+                        "use kill and/or stop (a network cut is tested in tests/ft with network namespaces)");
+  const coord::Timeouts timeouts = coord::Timeouts::from_env();
+
+  std::vector<FaultResult> results;
+  for (const auto& f : a.faults) {
+    if (!a.json) std::fprintf(stderr, "bench recovery: %s one of %d workers at step %d of %d...\n", f.c_str(),
+                              a.workers, a.at, a.steps);
+    results.push_back(run_fault(a, f, timeouts));
+    if (!a.keep && results.back().ok) fs::remove_all(results.back().dir);
+    else std::fprintf(stderr, "bench recovery: %s run kept in %s\n", f.c_str(), results.back().dir.c_str());
+  }
+  uint64_t heal_bytes = 0;
+  for (const auto& r : results) heal_bytes = std::max(heal_bytes, r.heal_bytes);
+  std::string probe_error;
+  const double busbw = tcp_allreduce_busbw(heal_bytes ? heal_bytes : (8u << 20), &probe_error);
+
+  const double kill_target = 5, stop_target = timeouts.heartbeat_death_s + 2;
+  if (a.json) {
+    json out;
+    out["workers"] = a.workers;
+    out["steps"] = a.steps;
+    out["fault_at_step"] = a.at;
+    out["timeouts"] = timeouts.describe();
+    out["tcp_allreduce_busbw_bytes_per_s"] = busbw;
+    for (const auto& r : results) {
+      json j;
+      j["fault"] = r.fault;
+      j["ok"] = r.ok;
+      if (!r.ok) j["error"] = r.error;
+      j["detect_s"] = r.detect_s;
+      j["next_commit_s"] = r.next_commit_s;
+      j["steps_redone"] = r.redone;
+      j["world_after"] = r.world_after;
+      j["heal_bytes"] = r.heal_bytes;
+      j["heal_s"] = r.heal_s;
+      j["heal_bytes_per_s"] = r.heal_rate;
+      j["heal_vs_allreduce_busbw"] = busbw > 0 ? r.heal_rate / busbw : 0;
+      j["rejoin_s"] = r.rejoin_s;
+      j["next_commit_target_s"] = r.fault == "kill" ? kill_target : stop_target;
+      out["faults"].push_back(j);
+    }
+    std::printf("%s\n", out.dump(2).c_str());
+    return 0;
+  }
+  std::printf("# braid bench recovery: %d workers (TCP), %s, fault at step %d of %d\n", a.workers,
+              a.config.c_str(), a.at, a.steps);
+  std::printf("# %s\n", timeouts.describe().c_str());
+  std::printf("%-6s %10s %12s %7s %12s %12s %11s %10s\n", "fault", "detect(s)", "next(s)", "redone", "heal(MB)",
+              "heal(MB/s)", "vs busbw", "rejoin(s)");
+  for (const auto& r : results) {
+    if (!r.ok) {
+      std::printf("%-6s failed: %s\n", r.fault.c_str(), r.error.c_str());
+      continue;
+    }
+    std::printf("%-6s %10.3f %12.3f %7d %12.2f %12.1f %10.0f%% %10.2f\n", r.fault.c_str(), r.detect_s,
+                r.next_commit_s, r.redone, static_cast<double>(r.heal_bytes) * 1e-6, r.heal_rate * 1e-6,
+                busbw > 0 ? 100 * r.heal_rate / busbw : 0.0, r.rejoin_s);
+  }
+  if (busbw > 0)
+    std::printf("# TCP all-reduce busbw (braid bench comm, 2 ranks, %.1f MB): %.1f MB/s\n",
+                static_cast<double>(std::max<uint64_t>(heal_bytes, 1 << 20)) * 1e-6, busbw * 1e-6);
+  else
+    std::printf("# TCP all-reduce probe failed: %s\n", probe_error.c_str());
+  for (const auto& r : results) {
+    if (!r.ok) continue;
+    const double target = r.fault == "kill" ? kill_target : stop_target;
+    std::printf("target: next committed step <= %.0f s after %s: %.2f s  %s\n", target,
+                r.fault == "kill" ? "SIGKILL" : "a hang (heartbeat death + 2 s)", r.next_commit_s,
+                r.next_commit_s >= 0 && r.next_commit_s <= target ? "met" : "NOT met");
+    if (r.heal_bytes > 0 && busbw > 0)
+      std::printf("target: healing (%s) >= 50%% of TCP all-reduce busbw: %.0f%%  %s\n", r.fault.c_str(),
+                  100 * r.heal_rate / busbw, r.heal_rate >= 0.5 * busbw ? "met" : "NOT met");
+    else if (r.heal_bytes == 0)
+      std::printf("note: after %s the worker did not heal before the job ended (raise --steps)\n", r.fault.c_str());
+  }
+  return 0;
+}
+
+std::function<int()> setup(CLI::App& bench) {
+  auto a = std::make_shared<BenchRecoveryArgs>();
+  auto* cmd = bench.add_subcommand("recovery", "Fault-tolerant training: detection, recovery and healing times");
+  cmd->add_option("--config", a->config, "Job to run (fault.enabled is set)")->capture_default_str();
+  cmd->add_option("--set", a->sets, "Override a config key (repeatable)")->take_all();
+  cmd->add_option("--faults", a->faults, "kill and/or stop")->delimiter(',')->capture_default_str();
+  cmd->add_option("--workers", a->workers, "Data-parallel workers")->capture_default_str();
+  cmd->add_option("--steps", a->steps, "Steps of each run")->capture_default_str();
+  cmd->add_option("--at", a->at, "Step at which the last worker fails")->capture_default_str();
+  cmd->add_option("--timeout", a->timeout_s, "Seconds one run may take")->capture_default_str();
+  cmd->add_flag("--keep", a->keep, "Keep each run's directory (events, logs) and print it");
+  cmd->add_flag("--json", a->json, "Print one JSON object");
+  cmd->footer("Timeouts come from the environment (BRAID_HEARTBEAT_DEATH, ...; defaults otherwise), as braid launch\n"
+              "passes them. Example: braid bench recovery --faults kill,stop --steps 80 --at 15");
+  return [a] { return run_bench_recovery(*a); };
+}
+
+}  // namespace
+
+BRAID_BENCH("recovery", 40, setup);
+
+}  // namespace braid::cli

@@ -1,0 +1,442 @@
+// Fault-tolerant training end to end, through the binary: three data-parallel
+// workers of a tiny model under `braid launch`, with one of them killed,
+// stopped and continued, or restarted by the launcher (the faults are
+// self-inflicted at a chosen step with BRAID_FT_DRILL, so the tests are
+// deterministic), or cut off by taking its network namespace's link down.
+//
+// Every worker logs its fault-tolerance events (BRAID_FT_EVENTS): quorums,
+// commits, discards, heals and the final state's xxh3. The tests check from
+// them that
+//   - every worker that finishes ends at the last step with bit-identical
+//     parameters and optimizer state;
+//   - no committed step is lost: within one process the step of each quorum
+//     is the step after its last commit (or the step it healed to), so the
+//     counter never goes back and a discarded step is redone, not skipped;
+//   - the faulty worker was evicted (the others trained with 2) and, where it
+//     comes back, healed from a peer and trained with the others again.
+// Short heartbeat settings keep each test within a few tens of seconds; the
+// checks hold however slow the machine is (an unlucky timeout only adds
+// discarded-and-redone steps, which the checks allow).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const std::string kBraid = std::string(BRAID_BINARY_DIR) + "/braid";
+const std::string kTimeouts = "--heartbeat-interval 0.5 --heartbeat-death 3 --collective-timeout 2 --quorum-wait 8";
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// A shell command in its own process group, output to a file.
+struct Background {
+  pid_t pid = -1;
+  int code = -1;
+  bool done = false;
+  void start(const std::string& cmd, const std::string& log) {
+    pid = fork();
+    if (pid == 0) {
+      setpgid(0, 0);
+      std::string line = "exec env " + cmd + " >" + log + " 2>&1";
+      execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+  }
+  bool poll() {
+    if (done || pid <= 0) return done;
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      done = true;
+      code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    return done;
+  }
+  // Waits up to timeout_s; then terminates the whole group and returns false.
+  bool wait(double timeout_s) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (!poll()) {
+      if (std::chrono::steady_clock::now() > until) {
+        kill(-pid, SIGTERM);
+        std::this_thread::sleep_for(std::chrono::seconds(3));
+        kill(-pid, SIGKILL);
+        int status;
+        waitpid(pid, &status, 0);
+        done = true;
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return true;
+  }
+  ~Background() {
+    if (pid > 0 && !poll()) {
+      kill(-pid, SIGKILL);
+      int status;
+      waitpid(pid, &status, 0);
+    }
+  }
+};
+
+class FaultTolerantTraining : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/braid_ft_XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    std::ofstream text(dir_ + "/corpus.txt");
+    for (int i = 0; i < 300; ++i) text << "line " << i % 17 << ": the quick brown fox jumps over the lazy dog.\n";
+  }
+  void TearDown() override {
+    // A worker left stopped by a failed test must not linger.
+    for (pid_t p : stopped_) {
+      kill(p, SIGKILL);
+      kill(p, SIGCONT);
+    }
+    if (!HasFailure()) fs::remove_all(dir_);
+    else std::fprintf(stderr, "kept %s for inspection\n", dir_.c_str());
+  }
+
+  std::string config(int steps) {
+    std::string path = dir_ + "/job.toml";
+    std::ofstream f(path);
+    f << "[model]\ncontext = 16\nlayers = 1\nwidth = 16\nheads = 2\n"
+      << "[data]\npaths = [\"" << dir_ << "/corpus.txt\"]\nval_fraction = 0.1\n"
+      << "[optim]\nlr = 3e-3\nwarmup_steps = 2\n"
+      << "[train]\nsteps = " << steps << "\nbatch_size = 4\neval_every = 0\nsample_tokens = 0\nthreads = 1\n"
+      << "[parallel]\nbucket_size = \"4K\"\n"
+      << "[run]\ndir = \"" << dir_ << "/run\"\nprogress = false\n"
+      << "[fault]\nenabled = true\n";
+    return path;
+  }
+  std::string events_dir() const { return dir_ + "/events"; }
+  std::string env(const std::string& drill, double step_delay_s) const {
+    return "BRAID_FT_EVENTS=" + events_dir() + " BRAID_FT_DRILL=" + drill +
+           " BRAID_FT_STEP_DELAY=" + std::to_string(step_delay_s) + " ";
+  }
+
+  // Events of every replica, in file order.
+  std::map<std::string, std::vector<json>> events() const {
+    std::map<std::string, std::vector<json>> out;
+    if (!fs::exists(events_dir())) return out;
+    for (const auto& e : fs::directory_iterator(events_dir())) {
+      std::ifstream f(e.path());
+      std::string line;
+      while (std::getline(f, line)) {
+        if (line.empty()) continue;
+        try {
+          auto j = json::parse(line);
+          out[j["replica"].get<std::string>()].push_back(j);
+        } catch (const json::exception&) {  // a line being written
+        }
+      }
+    }
+    return out;
+  }
+  // Polls the events until pred holds (true) or timeout_s passes (false).
+  bool wait_events(const std::function<bool(const std::map<std::string, std::vector<json>>&)>& pred,
+                   double timeout_s, Background* job) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (std::chrono::steady_clock::now() < until) {
+      if (pred(events())) return true;
+      if (job && job->poll()) return pred(events());
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+
+  // The invariants of one replica's history (see the file's comment); returns
+  // the number of processes (lives) it had.
+  static int check_history(const std::string& replica, const std::vector<json>& ev, int steps) {
+    std::map<int64_t, std::vector<const json*>> lives;
+    std::vector<int64_t> order;
+    for (const auto& e : ev) {
+      int64_t pid = e["pid"].get<int64_t>();
+      if (!lives.count(pid)) order.push_back(pid);
+      lives[pid].push_back(&e);
+    }
+    for (int64_t pid : order) {
+      int64_t expected = 0;  // the step this process does next
+      std::set<int64_t> discarded;
+      for (const json* e : lives[pid]) {
+        const std::string kind = (*e)["event"].get<std::string>();
+        const std::string where = "replica " + replica + " pid " + std::to_string(pid) + ": " + e->dump();
+        if (kind == "quorum") {
+          const int64_t s = (*e)["step"].get<int64_t>();
+          // A joiner learns the step to heal to from its quorum.
+          if (s != expected) {
+            auto hf = (*e)["heal_from"];
+            int rank = (*e)["rank"].get<int>();
+            EXPECT_GE(hf[static_cast<size_t>(rank)].get<int>(), 0) << "step jumps without a heal: " << where;
+            EXPECT_GT(s, expected) << "the step went back: " << where;
+          }
+        } else if (kind == "heal") {
+          EXPECT_GE((*e)["step"].get<int64_t>(), expected) << where;
+          expected = (*e)["step"].get<int64_t>();
+          discarded.clear();  // superseded: the state of a later committed step arrived
+        } else if (kind == "commit") {
+          const int64_t s = (*e)["step"].get<int64_t>();
+          EXPECT_EQ(s, expected) << "a committed step was lost or repeated: " << where;
+          discarded.erase(s);
+          expected = s + 1;
+        } else if (kind == "discard") {
+          // Only the step in flight is discarded; it is redone next.
+          EXPECT_EQ((*e)["step"].get<int64_t>(), expected) << where;
+          discarded.insert(expected);
+        } else if (kind == "done") {
+          EXPECT_EQ((*e)["step"].get<int64_t>(), steps) << where;
+          EXPECT_EQ(expected, steps) << where;
+          EXPECT_TRUE(discarded.empty()) << "a discarded step was never redone: " << where;
+        }
+      }
+    }
+    return static_cast<int>(order.size());
+  }
+
+  static const json* find(const std::vector<json>& ev, const std::string& kind) {
+    for (const auto& e : ev)
+      if (e["event"] == kind) return &e;
+    return nullptr;
+  }
+  static int count(const std::vector<json>& ev, const std::string& kind) {
+    int n = 0;
+    for (const auto& e : ev) n += e["event"] == kind;
+    return n;
+  }
+  // True if the replica committed a step while its epoch had `world` members.
+  static bool committed_with(const std::vector<json>& ev, int world) {
+    for (const auto& e : ev)
+      if (e["event"] == "commit" && e["world"].get<int>() == world) return true;
+    return false;
+  }
+  // Every replica in `replicas` finished at `steps` with the same state.
+  void expect_same_final_state(const std::map<std::string, std::vector<json>>& ev,
+                               const std::vector<std::string>& replicas, int steps) {
+    std::string params, state;
+    for (const auto& r : replicas) {
+      ASSERT_TRUE(ev.count(r)) << "no events of replica " << r;
+      const auto& list = ev.at(r);
+      const json* done = nullptr;
+      for (const auto& e : list)
+        if (e["event"] == "done") done = &e;
+      ASSERT_NE(done, nullptr) << "replica " << r << " did not finish";
+      EXPECT_EQ((*done)["step"].get<int>(), steps);
+      if (params.empty()) {
+        params = (*done)["params_xxh3"].get<std::string>();
+        state = (*done)["state_xxh3"].get<std::string>();
+      }
+      EXPECT_EQ((*done)["params_xxh3"].get<std::string>(), params) << "replica " << r;
+      EXPECT_EQ((*done)["state_xxh3"].get<std::string>(), state) << "replica " << r;
+    }
+  }
+
+  std::string dir_;
+  std::vector<pid_t> stopped_;
+};
+
+TEST_F(FaultTolerantTraining, KilledWorkerTheOtherTwoFinishIdentical) {
+  const int steps = 30;
+  auto cfg = config(steps);
+  Background job;
+  job.start(env("kill:2@5", 0) + kBraid + " launch --nproc 3 " + kTimeouts + " -- " + kBraid + " train " + cfg,
+            dir_ + "/launch.log");
+  ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
+  const std::string log = slurp(dir_ + "/launch.log");
+  // The launcher let the survivors finish and names the lost worker.
+  EXPECT_EQ(job.code, 0) << log;
+  EXPECT_NE(log.find("finished without 1 lost worker"), std::string::npos) << log;
+
+  auto ev = events();
+  ASSERT_TRUE(ev.count("2"));
+  EXPECT_NE(find(ev["2"], "drill"), nullptr);
+  EXPECT_EQ(find(ev["2"], "done"), nullptr) << "the killed worker cannot have finished";
+  expect_same_final_state(ev, {"0", "1"}, steps);
+  for (const std::string r : {"0", "1"}) {
+    EXPECT_EQ(check_history(r, ev[r], steps), 1);
+    EXPECT_TRUE(committed_with(ev[r], 3)) << r;
+    EXPECT_TRUE(committed_with(ev[r], 2)) << r;
+    // The step in flight when the worker died (step 5) was discarded and redone.
+    bool discarded_5 = false;
+    for (const auto& e : ev[r]) discarded_5 |= e["event"] == "discard" && e["step"] == 5;
+    EXPECT_TRUE(discarded_5) << r;
+  }
+  // run directory of the lead (replica 0) reports the recovery.
+  auto summary = json::parse(slurp(dir_ + "/run/summary.json"));
+  EXPECT_GE(summary["fault_tolerance"]["discarded_and_redone"].get<int>(), 1);
+  EXPECT_EQ(summary["fault_tolerance"]["replicas_at_end"].get<int>(), 2);
+}
+
+TEST_F(FaultTolerantTraining, StoppedWorkerIsEvictedThenRejoinsAndHeals) {
+  const int steps = 160;
+  auto cfg = config(steps);
+  Background job;
+  // The step delay makes the run last long enough after the SIGCONT for the
+  // woken worker to rejoin (~1 s) before the others finish.
+  job.start(env("stop:2@5", 0.05) + kBraid + " launch --nproc 3 " + kTimeouts + " -- " + kBraid + " train " + cfg,
+            dir_ + "/launch.log");
+  int64_t stopped_pid = 0;
+  ASSERT_TRUE(wait_events(
+      [&](const auto& ev) {
+        if (!ev.count("2")) return false;
+        if (const json* d = find(ev.at("2"), "drill")) stopped_pid = (*d)["pid"].get<int64_t>();
+        return stopped_pid != 0;
+      },
+      90, &job))
+      << slurp(dir_ + "/launch.log");
+  stopped_.push_back(static_cast<pid_t>(stopped_pid));
+  // Evicted after the heartbeat death: the others commit steps without it.
+  ASSERT_TRUE(wait_events(
+      [&](const auto& ev) { return ev.count("0") && ev.count("1") && committed_with(ev.at("0"), 2) &&
+                                   committed_with(ev.at("1"), 2); },
+      60, &job))
+      << slurp(dir_ + "/launch.log");
+  ASSERT_FALSE(job.poll()) << "the job ended before the stopped worker could rejoin\n" << slurp(dir_ + "/launch.log");
+  ASSERT_EQ(kill(static_cast<pid_t>(stopped_pid), SIGCONT), 0);
+  stopped_.clear();
+  ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
+  const std::string log = slurp(dir_ + "/launch.log");
+  EXPECT_EQ(job.code, 0) << log;
+  EXPECT_NE(log.find("evicted"), std::string::npos) << log;
+
+  auto ev = events();
+  expect_same_final_state(ev, {"0", "1", "2"}, steps);
+  for (const std::string r : {"0", "1", "2"}) EXPECT_EQ(check_history(r, ev[r], steps), 1) << r;
+  // Replica 2 healed from a peer (no disk) and trained with the others again.
+  const json* heal = find(ev["2"], "heal");
+  ASSERT_NE(heal, nullptr) << log;
+  EXPECT_GT((*heal)["bytes"].get<uint64_t>(), 0u);
+  EXPECT_GT((*heal)["step"].get<int64_t>(), 5);
+  for (const std::string r : {"0", "1"}) EXPECT_TRUE(committed_with(ev[r], 2)) << r;
+  EXPECT_EQ(count(ev["0"], "heal_sent") + count(ev["1"], "heal_sent"), 1);
+  // After healing, all three committed steps together again.
+  bool three_after_heal = false, after = false;
+  for (const auto& e : ev["2"]) {
+    if (e["event"] == "heal") after = true;
+    if (after && e["event"] == "commit" && e["world"] == 3) three_after_heal = true;
+  }
+  EXPECT_TRUE(three_after_heal) << log;
+}
+
+TEST_F(FaultTolerantTraining, LauncherRestartsAKilledWorkerWhichHeals) {
+  const int steps = 30;
+  auto cfg = config(steps);
+  Background job;
+  // --min-replicas 3: the two survivors wait at the step boundary (no quorum
+  // below the minimum) until the restarted process has started its runtime
+  // anew and registered, so it joins however slow the machine is.
+  job.start(env("kill:2@5", 0) + kBraid + " launch --nproc 3 --max-restarts 1 --min-replicas 3 " + kTimeouts +
+                " -- " + kBraid +
+                " train " + cfg,
+            dir_ + "/launch.log");
+  ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
+  const std::string log = slurp(dir_ + "/launch.log");
+  EXPECT_EQ(job.code, 0) << log;
+  auto ev = events();
+  expect_same_final_state(ev, {"0", "1", "2"}, steps);
+  for (const std::string r : {"0", "1"}) EXPECT_EQ(check_history(r, ev[r], steps), 1) << r;
+  // Two processes for replica 2: the killed one and its restart.
+  EXPECT_EQ(check_history("2", ev["2"], steps), 2);
+  int restarted_start = 0;
+  for (const auto& e : ev["2"])
+    if (e["event"] == "start" && e["restart"].get<int>() == 1) ++restarted_start;
+  EXPECT_EQ(restarted_start, 1);
+  const json* heal = find(ev["2"], "heal");
+  ASSERT_NE(heal, nullptr) << log;
+  EXPECT_GT((*heal)["bytes"].get<uint64_t>(), 0u);
+  EXPECT_GE((*heal)["step"].get<int64_t>(), 5);
+  EXPECT_EQ((*heal)["old_step"].get<int64_t>(), 0);  // a fresh process, state from the peer
+  // Below the minimum nobody trained: no step was committed by 2 replicas.
+  for (const std::string r : {"0", "1"}) EXPECT_FALSE(committed_with(ev[r], 2)) << r;
+}
+
+// Three "hosts" (network namespaces joined by a bridge, scripts/netns-hosts),
+// a standalone coordinator on host 0, one worker per host. Host 2's link goes
+// down in the middle of the run: the others evict it after the heartbeat death
+// and go on; the link comes back: worker 2 learns it was evicted, rejoins,
+// heals and finishes with the others.
+TEST_F(FaultTolerantTraining, CutLinkIsEvictedThenRejoinsWhenItComesBack) {
+  if (geteuid() != 0) GTEST_SKIP() << "skipping the network-cut test: network namespaces need root";
+  const std::string script = std::string(BRAID_SOURCE_DIR) + "/scripts/netns-hosts";
+  const std::string prefix = "bft" + std::to_string(getpid() % 100000);
+  struct Hosts {
+    std::string down_cmd;
+    bool up = false;
+    ~Hosts() {
+      if (up && std::system(down_cmd.c_str()) != 0) std::fprintf(stderr, "cannot remove the test hosts\n");
+    }
+  } hosts;
+  hosts.down_cmd = script + " --prefix " + prefix + " down >/dev/null 2>&1";
+  if (std::system((script + " --prefix " + prefix + " up 3 >" + dir_ + "/netns.log 2>&1").c_str()) != 0)
+    GTEST_SKIP() << "skipping the network-cut test: scripts/netns-hosts up failed (no CAP_NET_ADMIN?): "
+                 << slurp(dir_ + "/netns.log");
+  hosts.up = true;
+  auto in_host = [&](int i) { return "ip netns exec " + prefix + "-h" + std::to_string(i) + " "; };
+
+  const int steps = 250;  // time for TCP's retransmission backoff after the link is back
+  auto cfg = config(steps);
+  const std::string secret = "BRAID_JOB_SECRET=ft-netns-test-secret ";
+  Background coordinator;
+  coordinator.start(in_host(0) + "env " + secret + kBraid +
+                        " coordinator --port 29500 --initial-replicas 3 " + kTimeouts,
+                    dir_ + "/coordinator.log");
+  std::vector<std::unique_ptr<Background>> workers;
+  for (int i = 0; i < 3; ++i) {
+    workers.push_back(std::make_unique<Background>());
+    workers.back()->start(in_host(i) + "env " + secret + env("", 0.06) +
+                              "BRAID_TRANSPORT=tcp BRAID_COORDINATOR=10.77.0.1:29500 BRAID_RENDEZVOUS=10.77.0.1:29500 BRAID_RANK=" + std::to_string(i) +
+                              " BRAID_WORLD_SIZE=3 BRAID_HEARTBEAT_INTERVAL=0.5 BRAID_HEARTBEAT_DEATH=3 "
+                              "BRAID_QUORUM_WAIT=8 BRAID_COMM_TIMEOUT=2 " +
+                              kBraid + " train " + cfg,
+                          dir_ + "/worker" + std::to_string(i) + ".log");
+  }
+  auto logs = [&] {
+    std::string all = "--- coordinator\n" + slurp(dir_ + "/coordinator.log");
+    for (int i = 0; i < 3; ++i) all += "--- worker " + std::to_string(i) + "\n" + slurp(dir_ + "/worker" + std::to_string(i) + ".log");
+    return all;
+  };
+  // All three train together first.
+  ASSERT_TRUE(wait_events([&](const auto& ev) { return ev.count("2") && committed_with(ev.at("2"), 3); }, 120,
+                          workers[2].get()))
+      << logs();
+  ASSERT_EQ(std::system(("ip -n " + prefix + "-h2 link set eth0 down").c_str()), 0);
+  const bool evicted = wait_events(
+      [&](const auto& ev) {
+        return ev.count("0") && ev.count("1") && committed_with(ev.at("0"), 2) && committed_with(ev.at("1"), 2);
+      },
+      60, workers[0].get());
+  ASSERT_EQ(std::system(("ip -n " + prefix + "-h2 link set eth0 up").c_str()), 0);
+  ASSERT_TRUE(evicted) << "the others did not go on without the cut-off worker\n" << logs();
+  for (auto& w : workers) ASSERT_TRUE(w->wait(180)) << logs();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(workers[static_cast<size_t>(i)]->code, 0) << "worker " << i << "\n" << logs();
+  kill(-coordinator.pid, SIGTERM);
+  coordinator.wait(10);
+
+  auto ev = events();
+  expect_same_final_state(ev, {"0", "1", "2"}, steps);
+  for (const std::string r : {"0", "1", "2"}) EXPECT_EQ(check_history(r, ev[r], steps), 1) << r;
+  const json* heal = find(ev["2"], "heal");
+  ASSERT_NE(heal, nullptr) << logs();
+  EXPECT_GT((*heal)["bytes"].get<uint64_t>(), 0u);
+}
+
+}  // namespace
