@@ -1,15 +1,18 @@
 // braid report RUN_DIR: one self-contained HTML page (inline SVG, no network)
 // with the loss curves, throughput and the compute / hidden / exposed
-// communication split of a training run.
+// communication split of a training run. With --hang: which rank did not
+// enter which collective, from the flight-recorder dumps (docs/health.md).
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 
 #include "cli/command.hpp"
 #include "cli/run_report.hpp"
 #include "core/error.hpp"
+#include "health/hang_report.hpp"
 
 namespace braid::cli {
 namespace {
@@ -17,9 +20,20 @@ namespace {
 struct ReportArgs {
   std::string run_dir;
   std::string output;
+  bool hang = false;
+  int world = 0;
 };
 
+int run_hang_report(const ReportArgs& a) {
+  std::string dir = a.run_dir;
+  if (std::filesystem::is_directory(std::filesystem::path(dir) / "flight")) dir = (std::filesystem::path(dir) / "flight").string();
+  auto report = health::analyze_flight_dumps(health::read_flight_dumps(dir), a.world);
+  std::printf("%s", report.text().c_str());
+  return 0;
+}
+
 int run_report(const ReportArgs& a) {
+  if (a.hang) return run_hang_report(a);
   RunReport report = RunReport::load(a.run_dir);
   std::string out = a.output.empty() ? a.run_dir + "/report.html" : a.output;
   std::string html = report.to_html();
@@ -37,6 +51,9 @@ std::function<int()> setup(CLI::App& app) {
   auto* cmd = app.add_subcommand("report", "Render a training run directory as one HTML page");
   cmd->add_option("run_dir", args->run_dir, "Run directory written by `braid train`")->required();
   cmd->add_option("-o,--output", args->output, "Output file (default RUN_DIR/report.html)");
+  cmd->add_flag("--hang", args->hang,
+                "Print which rank did not enter which collective, from the flight-recorder dumps in RUN_DIR/flight");
+  cmd->add_option("--world", args->world, "With --hang: ranks expected to have dumped (default: the largest group seen)");
   return [args] { return run_report(*args); };
 }
 

@@ -12,6 +12,7 @@
 #include "comm/bootstrap.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "health/fault_injection.hpp"
 #include "train/train_config.hpp"
 #include "train/training_job.hpp"
 
@@ -23,6 +24,7 @@ struct TrainArgs {
   std::vector<std::string> sets;
   bool no_progress = false;
   bool resume = false;
+  std::vector<std::string> inject;  // fault specs, added to [health] inject
 };
 
 int run_train(const TrainArgs& a) {
@@ -32,6 +34,7 @@ int run_train(const TrainArgs& a) {
   for (const auto& s : a.sets) doc.apply_override(s);
   train::TrainConfig config = train::TrainConfig::from(doc);
   if (a.no_progress) config.run.progress = false;
+  for (const auto& f : a.inject) config.health.inject.push_back(health::parse_fault_spec(f).text);
   if (a.resume && !config.checkpoint.enabled())
     throw ConfigError("--resume needs a checkpoint directory",
                       "set checkpoint.dir in the config (or --set checkpoint.dir=DIR)");
@@ -65,6 +68,10 @@ std::function<int()> setup(CLI::App& app) {
   cmd->add_option("--set", args->sets, "Override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
       ->take_all();
   cmd->add_flag("--no-progress", args->no_progress, "No live progress line");
+  cmd->add_option("--inject", args->inject,
+                  "Inject a fault for a test or demo (repeatable; docs/health.md), e.g. "
+                  "bitflip:rank=1,step=40,target=params, slow:rank=1,factor=3, hang:rank=1,step=30, "
+                  "crash:rank=0,step=50, nan:rank=0,step=20");
   cmd->add_flag("--resume", args->resume,
                 "Continue from the newest valid checkpoint in checkpoint.dir (any world size); "
                 "start from scratch if it holds none");
