@@ -1,7 +1,9 @@
 // braid plan: step time, memory and cross-site bandwidth of a training job,
 // from an analytical model (plan/, documented in docs/plan.md). Prints a table,
 // --json for machines, --svg FILE for the utilisation-vs-WAN figure, and
-// --search ranks every layout that fits.
+// --search ranks every layout that fits. --calibrate measures this host and
+// writes a cluster file for it (the measuring needs the training engine: see
+// cli/plan_calibrator.hpp).
 #include <fmt/format.h>
 
 #include <cmath>
@@ -10,6 +12,7 @@
 #include <optional>
 
 #include "cli/command.hpp"
+#include "cli/plan_calibrator.hpp"
 #include "core/error.hpp"
 #include "plan/cross_site.hpp"
 #include "plan/plan_report.hpp"
@@ -21,8 +24,25 @@
 namespace braid::cli {
 namespace {
 
+PlanCalibrator& calibrator_slot() {
+  static PlanCalibrator slot;  // function-local: registration runs during static initialisation
+  return slot;
+}
+
+}  // namespace
+
+void register_plan_calibrator(PlanCalibrator calibrator) { calibrator_slot() = std::move(calibrator); }
+
+const PlanCalibrator* plan_calibrator() {
+  return calibrator_slot() ? &calibrator_slot() : nullptr;
+}
+
+namespace {
+
 struct PlanArgs {
   bool list = false;
+  bool calibrate = false;
+  PlanCalibrateRequest calibration;
   std::string model;
   std::string hardware;
   std::string cluster;
@@ -71,7 +91,26 @@ int list_presets() {
   return 0;
 }
 
+int run_calibration(const PlanArgs& a) {
+  if (!a.model.empty() || !a.cluster.empty() || !a.hardware.empty() || a.search)
+    throw ConfigError("--calibrate measures this host and writes a cluster file; it does not plan a job",
+                      "run `braid plan --calibrate --out host.toml` first, then `braid plan --cluster host.toml "
+                      "--model ...`");
+  if (a.calibration.workers < 1) throw ConfigError("--workers must be at least 1");
+  const PlanCalibrator* calibrate = plan_calibrator();
+  if (!calibrate)
+    throw ConfigError("braid plan --calibrate measures with the training engine, and this braid was built without it",
+                      "rebuild with -DBRAID_WITH_TORCH=ON (LibTorch comes with scripts/setup), or write the "
+                      "cluster file by hand (format: docs/plan.md, section Calibration)");
+  return (*calibrate)(a.calibration);
+}
+
 int run_plan(PlanArgs a) {
+  if (a.calibrate) return run_calibration(a);
+  const auto& c = a.calibration;
+  if (!c.out.empty() || !c.job.empty() || !c.sets.empty() || c.quick)
+    throw ConfigError("--out, --job, --set and --quick belong to --calibrate",
+                      "add --calibrate, or leave them out to plan a job");
   if (a.list) return list_presets();
   if (a.model.empty())
     throw ConfigError("no model given", "pass --model llama3-8b (see --list) or --model path/to/model.toml");
@@ -197,6 +236,8 @@ std::function<int()> setup(CLI::App& app) {
       "  braid plan --model llama3-8b --hardware h100 --gpus 64 --batch-tokens 4Mi --search\n"
       "  braid plan --model llama3-70b --cluster h100-2sites-16k --tp 8 --pp 4 --batch-tokens 16Mi \\\n"
       "             --diloco 100 --svg wan.svg\n"
+      "  braid plan --calibrate --out host.toml     # measure this host (needs the training engine)\n"
+      "  braid plan --cluster host.toml --model examples/default.toml --gpus 2 --zero 0 --micro-batch 16\n"
       "Formulas and their sources: docs/plan.md. Presets: braid plan --list.");
   auto* g_in = "Inputs";
   sub->add_flag("--list", a->list, "List the model, hardware and cluster presets")->group(g_in);
@@ -265,6 +306,24 @@ std::function<int()> setup(CLI::App& app) {
   sub->add_flag("--json", a->json, "JSON instead of the table")->group(g_out);
   sub->add_option("--svg", a->svg, "Write compute utilisation against WAN bandwidth to this SVG file")
       ->group(g_out);
+
+  auto* g_cal = "Calibration (measures this host; see docs/plan.md)";
+  auto& c = a->calibration;
+  sub->add_flag("--calibrate", a->calibrate,
+                "Measure this host (matmul FLOP/s, a few steps of a job, shm and tcp all-reduce) and write "
+                "a cluster file for it")
+      ->group(g_cal);
+  sub->add_option("--out", c.out, "Where --calibrate writes the cluster file (default: stdout)")->group(g_cal);
+  sub->add_option("--workers", c.workers, "braid workers that will share this host (each is one \"GPU\")")
+      ->capture_default_str()
+      ->group(g_cal);
+  sub->add_option("--job", c.job, "Training config whose steps give the step efficiency (default "
+                                  "examples/default.toml)")
+      ->group(g_cal);
+  sub->add_option("--set", c.sets, "Override a key of --job, e.g. train.batch_size=8 (repeatable)")
+      ->take_all()
+      ->group(g_cal);
+  sub->add_flag("--quick", c.quick, "Tiny measurements (for tests): the numbers are rough")->group(g_cal);
   return [a] { return run_plan(*a); };
 }
 

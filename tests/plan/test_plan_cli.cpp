@@ -118,3 +118,12 @@ TEST(PlanCli, UnknownKeyInAClusterFileIsNamed) {
   EXPECT_TRUE(has(r.err, "unknown key 'scale_up.bandwith'")) << r.err;
   EXPECT_TRUE(has(r.err, "did you mean 'scale_up.bandwidth'")) << r.err;
 }
+
+// This binary has no training engine, so nothing registers a calibrator.
+TEST(PlanCli, CalibrateWithoutTheEngineSaysSo) {
+  auto r = braid_plan("--calibrate --out " + temp_path("host.toml"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(has(r.err, "built without it")) << r.err;
+  EXPECT_TRUE(has(r.err, "BRAID_WITH_TORCH=ON")) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(temp_path("host.toml")));
+}
