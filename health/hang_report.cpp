@@ -162,7 +162,9 @@ std::string HangReport::text() const {
   for (const auto& d : dumps) s += fmt::format("  rank {}: {} collectives recorded, dumped for: {}\n", d.rank, d.entries.size(), d.reason);
   if (!first_failure.empty()) s += fmt::format("first failure: {}\n", first_failure);
   for (const auto& l : stuck_in) s += fmt::format("the job broke in {}\n", l);
-  for (int m : missing_ranks) s += fmt::format("rank {} left no dump (killed, or still hung)\n", m);
+  for (int m : missing_ranks)
+    s += fmt::format("rank {} left no dump (killed, or still hung){}\n", m,
+                     stuck_in.empty() ? "" : "; it is not among the ranks that entered the collective above");
   if (stuck.empty() && missing_ranks.empty()) s += "every rank entered the same collectives (no rank stuck behind)\n";
   for (const auto& k : stuck)
     s += fmt::format("rank {} never entered {} #{} (group {}, {} bytes); its last collective was {}\n", k.rank,
