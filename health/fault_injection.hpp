@@ -7,7 +7,7 @@
 //   slow:rank=2,factor=3                      that rank computes `factor` times slower (every step, or from step=)
 //   hang:rank=1,step=30[,seconds=S]           that rank stops before the step for S seconds (default: forever)
 //   crash:rank=0,step=50                      that rank aborts (SIGABRT) before the step
-//   nan:rank=0,step=20[,count=N]              a NaN in that rank's gradient (N consecutive steps)
+//   nan:rank=0,step=20[,count=N]              a NaN loss on that rank, reaching every replica (N consecutive steps)
 // Optional for bitflips: index=ELEMENT, bit=0..31 (default: derived from
 // step and rank), count=N (N consecutive steps). rank=-1 or omitted: rank 0.
 // Every fault fires once per (spec, step) and is announced in the log as
