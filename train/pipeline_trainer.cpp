@@ -19,6 +19,15 @@ uint32_t gradient_tag(int64_t micro) { return static_cast<uint32_t>(2 * micro + 
 constexpr uint32_t kTiedEmbeddingTag = 1u << 30;
 constexpr uint32_t kEvalTag = (1u << 30) + 1;
 
+// Bytes this rank sent on every communicator of the mesh (each subgroup
+// keeps its own counters).
+uint64_t bytes_sent_on(const ParallelMesh& mesh) {
+  uint64_t sum = 0;
+  for (auto* c : {mesh.world(), mesh.tp(), mesh.pp(), mesh.dp()})
+    if (c) sum += c->stats().bytes_sent;
+  return sum;
+}
+
 StagePlacement placement_of(const ParallelMesh& mesh) {
   return {mesh.tp_rank(), mesh.tp_size(), mesh.pp_rank(), mesh.pp_size()};
 }
@@ -104,7 +113,7 @@ StepMetrics PipelineTrainer::train_step() {
   const int64_t V = config_.model.vocab_size, M = microbatches_;
   const int stage = mesh_.pp_rank(), stages = mesh_.pp_size();
   const bool first = mesh_.first_stage(), last = mesh_.last_stage();
-  const uint64_t sent_before = mesh_.world() ? mesh_.world()->stats().bytes_sent : 0;
+  const uint64_t sent_before = bytes_sent_on(mesh_);
 
   std::vector<torch::Tensor> batches;
   for (int64_t i = 0; i < M; ++i) batches.push_back(load_windows(data_.train(), sampler_.next_offsets()));
@@ -192,7 +201,7 @@ StepMetrics PipelineTrainer::train_step() {
   m.comm_exposed_s = timing_.bubble_s + sync_s;
   m.comm_s = m.comm_exposed_s;
   m.compute_s = std::max(0.0, m.step_s - m.comm_exposed_s);
-  m.bytes_sent = mesh_.world() ? mesh_.world()->stats().bytes_sent - sent_before : 0;
+  m.bytes_sent = bytes_sent_on(mesh_) - sent_before;
   m.tokens_per_s = static_cast<double>(tokens_per_step()) / m.step_s;
   if (job_peak_flops_ > 0) m.mfu = m.tokens_per_s * flops_per_token_ / job_peak_flops_;
   if (stages > 1) {

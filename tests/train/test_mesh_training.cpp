@@ -3,7 +3,19 @@
 // same global batch.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
 #include "test_mesh_util.hpp"
+#include "train/training_job.hpp"
 
 namespace braid::train {
 namespace {
@@ -37,6 +49,74 @@ TEST_F(MeshTraining, Tp2Pp2EqualsOneProcess) {
   cfg.parallel.microbatches = 3;
   cfg.parallel.schedule = "gpipe";
   expect_mesh_equals_single(cfg, 3);
+}
+
+
+// What `braid train` runs with tp/pp set: run_training_job hands the config
+// to the mesh engine, which trains, validates and writes the run directory
+// with the mesh and the bubble fields; checkpoints are refused under tp/pp.
+TEST_F(MeshTraining, TrainingJobRunsTheMeshEngine) {
+  const auto dir = std::filesystem::temp_directory_path() / fmt::format("braid_mesh_job_{}", ::getpid());
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream text(dir / "corpus.txt");
+    for (int i = 0; i < 300; ++i) text << "sphinx of black quartz, judge my vow. pack my box with five dozen jugs! ";
+  }
+  auto cfg = tiny_config();
+  cfg.data.paths = std::vector<std::string>{(dir / "corpus.txt").string()};
+  cfg.train.steps = 4;
+  cfg.train.eval_every = 2;
+  cfg.train.sample_tokens = 0;
+  cfg.parallel.tp = 2;
+  cfg.parallel.pp = 2;
+  cfg.parallel.microbatches = 2;
+  cfg.run.dir = (dir / "run").string();
+  const int world = 4;
+  auto hub = net::make_inproc_hub(world);
+  std::vector<JobSummary> summaries(world);
+  std::vector<std::exception_ptr> errors(world);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        comm::Communicator comm(net::connect_inproc(hub, r));
+        JobOptions options;
+        options.local_ranks = world;
+        options.progress = nullptr;
+        options.print_sample = false;
+        summaries[static_cast<size_t>(r)] = run_training_job(cfg, &comm, options);
+      } catch (...) {
+        errors[static_cast<size_t>(r)] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  for (const auto& s : summaries) {
+    EXPECT_EQ(s.steps, 4);
+    ASSERT_TRUE(s.final_val_loss.has_value());
+    EXPECT_EQ(*s.final_val_loss, *summaries[0].final_val_loss);
+    EXPECT_EQ(s.final_loss, summaries[0].final_loss);
+  }
+  std::ifstream metrics(dir / "run" / "metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(metrics, line)) {
+    auto j = nlohmann::json::parse(line);
+    EXPECT_TRUE(j.contains("pp_bubble_share")) << line;
+    ++lines;
+  }
+  EXPECT_EQ(lines, 4);
+  std::ifstream summary_file(dir / "run" / "summary.json");
+  auto summary = nlohmann::json::parse(summary_file);
+  EXPECT_EQ(summary["mesh"]["tp"], 2);
+  EXPECT_EQ(summary["mesh"]["pp"], 2);
+  EXPECT_EQ(summary["mesh"]["dp"], 1);
+
+  auto with_checkpoints = cfg;
+  with_checkpoints.checkpoint.dir = (dir / "ckpt").string();
+  EXPECT_THROW(run_training_job(with_checkpoints, nullptr, JobOptions{}), ConfigError);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
