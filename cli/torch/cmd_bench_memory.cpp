@@ -281,12 +281,14 @@ int run_bench_memory(const BenchMemoryArgs& a) {
               "optim exp/meas", "total exp/meas", "vs DP", "tokens/s", "");
   for (const auto& r : modes) {
     auto pair = [&](double e, double m) { return r.ran ? mib(e) + " / " + mib(m) : mib(e) + " / -"; };
-    std::printf("%-7s %17s %17s %17s %17s %7.0f%% %10.0f  %s\n", r.stage == 0 ? "DP" : fmt::format("zero{}", r.stage).c_str(),
+    const std::string share = r.ran ? fmt::format("{:.0f}%", 100 * r.measured_peak.total() / plain_state) : "-";
+    const std::string speed = r.ran ? fmt::format("{:.0f}", r.tokens_per_s) : "-";
+    std::printf("%-7s %17s %17s %17s %17s %8s %10s  %s\n", r.stage == 0 ? "DP" : fmt::format("zero{}", r.stage).c_str(),
                 pair(r.expected.params, r.measured_peak.params).c_str(),
                 pair(r.expected.grads, r.measured_peak.grads).c_str(),
                 pair(r.expected.optimizer, r.measured_peak.optimizer).c_str(),
-                pair(r.expected.total(), r.measured_peak.total()).c_str(),
-                r.ran ? 100 * r.measured_peak.total() / plain_state : 0.0, r.tokens_per_s, r.note.c_str());
+                pair(r.expected.total(), r.measured_peak.total()).c_str(), share.c_str(), speed.c_str(),
+                r.note.c_str());
   }
   std::printf("\nactivations kept by one forward pass, batch %ld x context %ld (MiB; glibc heap in use after forward)\n",
               a.batch, a.activation_context);
