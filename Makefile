@@ -5,6 +5,13 @@ BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc)
 CTEST_ARGS ?=
 
+# ccache: paths inside the checkout are hashed relative to it and the build
+# directory is not hashed, so a fresh clone (CI) reuses what any other checkout
+# on this machine compiled; the precompiled header needs the pch sloppiness.
+export CCACHE_BASEDIR := $(CURDIR)
+export CCACHE_NOHASHDIR := 1
+export CCACHE_SLOPPINESS := pch_defines,time_macros,include_file_mtime,include_file_ctime
+
 .PHONY: all setup configure build test train clean bench
 
 all: build
