@@ -210,7 +210,8 @@ int run_bench_plan(const BenchPlanArgs& args) {
   for (const auto& m : modes) {  // a bad override fails here too
     auto sets = a.sets;
     sets.insert(sets.end(), m.sets.begin(), m.sets.end());
-    load_job(job, sets);
+    auto config = load_job(job, sets);
+    for (int w : m.workers) plan_for_job(config, w);
   }
 
   auto say = [&](const std::string& s) {

@@ -185,6 +185,14 @@ plan::ModelSpec plan_model_for_job(const std::string& path, const std::vector<st
 }
 
 plan::ParallelPlan plan_for_job(const train::TrainConfig& config, int workers) {
+  // The engine's ZeRO/TP/PP modes landed after this mapping was written; until
+  // they are mapped here, a row that uses them would be predicted as plain DP.
+  if (config.parallel.zero != 0 || config.parallel.tp != 1 || config.parallel.pp != 1)
+    throw ConfigError(fmt::format("the plan mapping of braid's job covers data parallelism only (this job: "
+                                  "zero {}, tp {}, pp {})",
+                                  config.parallel.zero, config.parallel.tp, config.parallel.pp),
+                      "map parallel.zero/tp/pp onto plan::ParallelPlan in plan_for_job "
+                      "(cli/torch/plan_calibration.cpp), or leave those keys at their defaults");
   plan::ParallelPlan p;
   p.dp = workers;
   p.tp = 1;
