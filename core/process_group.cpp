@@ -1,6 +1,7 @@
 #include "core/process_group.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <fmt/format.h>
 #include <poll.h>
 #include <signal.h>
@@ -79,10 +80,17 @@ void ProcessGroup::start(int index) {
   for (auto& s : k.spec.argv) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
 
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  for (int c : k.spec.cpus)
+    if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &cpus);
+
   pid_t pid = fork();
   if (pid < 0) throw Error(fmt::format("fork failed: {}", std::strerror(errno)));
   if (pid == 0) {
     setpgid(0, 0);
+    // Before exec, so that every thread the program starts inherits it.
+    if (!k.spec.cpus.empty()) (void)sched_setaffinity(0, sizeof cpus, &cpus);
     dup2(fds[1], 1);
     dup2(fds[1], 2);
     ::signal(SIGINT, SIG_DFL);

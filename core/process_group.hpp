@@ -17,6 +17,7 @@ struct ProcessSpec {
   std::vector<std::string> argv;
   std::vector<std::pair<std::string, std::string>> env;  // added to this process's environment
   std::string label;                                     // e.g. "r3"
+  std::vector<int> cpus;  // CPUs the child is pinned to (sched_setaffinity); empty = inherit
 };
 
 struct ProcessExit {

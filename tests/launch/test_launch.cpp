@@ -3,6 +3,7 @@
 // environments of braid, mpirun and SLURM.
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <array>
 #include <optional>
@@ -69,6 +70,24 @@ TEST(Launch, RestartsAFailedWorkerWithItsRestartCount) {
   EXPECT_NE(r.out.find("attempt 0"), std::string::npos);
   EXPECT_NE(r.out.find("attempt 2"), std::string::npos);
   EXPECT_NE(r.out.find("restarting rank 0 (restart 2 of 2)"), std::string::npos) << r.out;
+}
+
+TEST(Launch, BindCoresPinsEachWorkerToItsOwnCpu) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs 2 CPUs";
+  // The launcher runs on CPUs 0-1; each of its 2 workers gets one of them.
+  const std::string show = " -- sh -c 'grep Cpus_allowed_list /proc/self/status'";
+  auto r = run("taskset -c 0,1 " + braid_bin() + " launch -n 2 --bind cores" + show);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("[r0] Cpus_allowed_list:\t0\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("[r1] Cpus_allowed_list:\t1\n"), std::string::npos) << r.out;
+  // By default, and with more workers than CPUs, workers inherit the launcher's CPUs.
+  r = run("taskset -c 0,1 " + braid_bin() + " launch -n 2" + show);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("[r1] Cpus_allowed_list:\t0-1\n"), std::string::npos) << r.out;
+  r = run("taskset -c 0,1 " + braid_bin() + " launch -n 3 --bind cores" + show);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("[r2] Cpus_allowed_list:\t0-1\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("not pinned"), std::string::npos) << r.out;
 }
 
 TEST(Launch, RejectsBadArguments) {
