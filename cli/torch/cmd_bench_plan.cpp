@@ -54,7 +54,9 @@ struct BenchMode {
 };
 
 // Every parallel mode braid has today. Overlap makes no difference to one
-// worker (nothing to exchange), so the no-overlap rows start at 2.
+// worker (nothing to exchange), so the no-overlap rows start at 2; ZeRO, TP
+// and PP need 2 workers to mean anything. Selective recomputation is left out:
+// the plan model has no counterpart of braid's (plan_for_job refuses it).
 const std::vector<BenchMode> kModes = {
     {"dp", "data parallel, overlapped", {1, 2}, {"parallel.overlap=true"}, {}, false},
     {"dp-sync", "data parallel, all-reduce after backward", {2}, {"parallel.overlap=false"}, {}, false},
@@ -64,6 +66,16 @@ const std::vector<BenchMode> kModes = {
      {"train.grad_accum=2", "parallel.overlap=false"}, {}, false},
     {"dp-tcp", "data parallel over tcp, one worker per host", {2}, {"parallel.overlap=true"},
      {{"BRAID_TRANSPORT", "tcp"}}, true},
+    {"full", "data parallel, full activation recomputation", {2}, {"parallel.recompute=full"}, {}, false},
+    {"zero1", "ZeRO-1: optimizer state sharded", {2}, {"parallel.zero=1"}, {}, false},
+    {"zero2", "ZeRO-2: + gradients sharded", {2}, {"parallel.zero=2"}, {}, false},
+    {"zero3", "ZeRO-3: + parameters sharded (gathered per block)", {2}, {"parallel.zero=3"}, {}, false},
+    {"zero3-full", "ZeRO-3 with full recomputation", {2}, {"parallel.zero=3", "parallel.recompute=full"}, {}, false},
+    {"tp2", "tensor parallel over 2 workers (one replica)", {2}, {"parallel.tp=2"}, {}, false},
+    {"pp2", "2 pipeline stages, 1F1B, 4 micro-batches", {2},
+     {"parallel.pp=2", "parallel.schedule=1f1b", "parallel.microbatches=4"}, {}, false},
+    {"pp2-gpipe", "2 pipeline stages, GPipe, 4 micro-batches", {2},
+     {"parallel.pp=2", "parallel.schedule=gpipe", "parallel.microbatches=4"}, {}, false},
 };
 
 std::vector<BenchMode> read_modes_file(const std::string& path) {
@@ -142,6 +154,7 @@ struct BenchPlanArgs {
   double tolerance = 0.25;
   bool quick = false;
   bool json = false;
+  bool predict_only = false;  // only the predictions, from --cluster files: nothing is measured
 };
 
 struct RowResult {
@@ -176,6 +189,41 @@ plan::ClusterSpec cluster_for_mode(plan::ClusterSpec c, const BenchMode& m) {
     c.validate();
   }
   return c;
+}
+
+// The plan a row was predicted with (plan_for_job's mapping, defaults resolved).
+nlohmann::ordered_json plan_json(const plan::StepEstimate& e) {
+  const auto& p = e.plan;
+  return {{"dp", p.dp},
+          {"tp", p.tp},
+          {"pp", p.pp},
+          {"zero", p.zero},
+          {"micro_batch", p.micro_batch},
+          {"micro_batches", e.micro_batches},
+          {"global_batch", p.global_batch},
+          {"seq_len", p.seq_len},
+          {"schedule", plan::to_string(p.schedule)},
+          {"recompute", plan::to_string(p.recompute)},
+          {"order", plan::to_string(p.order)},
+          {"sequence_parallel", p.sequence_parallel},
+          {"flash_attention", p.flash_attention},
+          {"grad_bits", p.grad_bits},
+          {"overlap", {{"tp", p.overlap.tp}, {"pp", p.overlap.pp}, {"dp", p.overlap.dp}}}};
+}
+
+nlohmann::ordered_json predicted_json(const plan::StepEstimate& e) {
+  nlohmann::ordered_json comm = nlohmann::ordered_json::array();
+  double total = 0;
+  for (const auto& c : e.comm) {
+    comm.push_back({{"dimension", c.dimension}, {"route", c.route}, {"total_s", c.total}, {"exposed_s", c.exposed}});
+    total += c.total;
+  }
+  return {{"step_s", e.step_time},
+          {"compute_s", e.compute},
+          {"bubble_s", e.bubble},
+          {"comm_s", total},
+          {"comm_exposed_s", e.exposed_comm()},
+          {"comm", comm}};
 }
 
 int run_bench_plan(const BenchPlanArgs& args) {
@@ -252,6 +300,51 @@ int run_bench_plan(const BenchPlanArgs& args) {
   }
   std::set<int> worker_counts;
   for (const auto& m : modes) worker_counts.insert(m.workers.begin(), m.workers.end());
+
+  if (a.predict_only) {
+    for (int w : worker_counts)
+      if (!clusters.count(w))
+        throw ConfigError(fmt::format("--predict-only measures nothing, but no --cluster file is for {} worker(s)", w),
+                          fmt::format("write one with braid plan --calibrate --workers {} --out FILE and pass "
+                                      "--cluster FILE, or choose --modes that use the given worker counts",
+                                      w));
+    nlohmann::ordered_json j;
+    j["job"] = job;
+    j["sets"] = a.sets;
+    j["rows"] = nlohmann::ordered_json::array();
+    std::vector<std::vector<std::string>> table = {
+        {"mode", "workers", "plan", "predicted", "compute", "bubble", "comm exposed"}};
+    std::vector<std::string> commands;
+    for (int w : worker_counts)
+      for (const auto& m : modes) {
+        if (std::find(m.workers.begin(), m.workers.end(), w) == m.workers.end()) continue;
+        auto sets = a.sets;
+        sets.insert(sets.end(), m.sets.begin(), m.sets.end());
+        auto p = plan_for_job(load_job(job, sets), w);
+        auto e = plan::estimate_step(plan_model_for_job(job, sets), cluster_for_mode(clusters[w], m), p);
+        std::string command = plan_command_for_job(shell_word(job), shell_word(cluster_files[w]), p);
+        if (m.one_worker_per_host) command += " (with [scale_up] size = 1)";
+        j["rows"].push_back({{"mode", m.id},
+                             {"title", m.title},
+                             {"workers", w},
+                             {"sets", sets},
+                             {"plan", plan_json(e)},
+                             {"predicted", predicted_json(e)},
+                             {"plan_command", command}});
+        table.push_back({m.id, std::to_string(w), e.plan.describe(), fmt::format("{:.3f} s", e.step_time),
+                         fmt::format("{:.3f} s", e.compute), fmt::format("{:.1f} ms", e.bubble * 1e3),
+                         fmt::format("{:.1f} ms", e.exposed_comm() * 1e3)});
+        commands.push_back(command);
+      }
+    if (a.json) {
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      std::printf("%s", plan::format_table(table, {false, true, false, true, true, true, true}).c_str());
+      std::printf("\nthe same predictions with braid plan:\n");
+      for (const auto& c : commands) std::printf("  %s\n", c.c_str());
+    }
+    return 0;
+  }
 
   const double load_start = load_average();
   say(fmt::format("bench plan: {} on {} ({} cores), load average {:.1f}", job, cpu_model(), available_cpus(),
@@ -355,19 +448,12 @@ int run_bench_plan(const BenchPlanArgs& args) {
                                    {"cluster_file", a.calibration_dir.empty() ? "" : cluster_files[c.workers]}});
     j["rows"] = nlohmann::ordered_json::array();
     for (const auto& r : rows) {
-      nlohmann::ordered_json comm = nlohmann::ordered_json::array();
-      for (const auto& c : r.predicted.comm)
-        comm.push_back({{"dimension", c.dimension}, {"route", c.route}, {"total_s", c.total}, {"exposed_s", c.exposed}});
       j["rows"].push_back({{"mode", r.mode->id},
                            {"title", r.mode->title},
                            {"workers", r.workers},
                            {"sets", r.sets},
-                           {"predicted",
-                            {{"step_s", r.predicted.step_time},
-                             {"compute_s", r.predicted.compute},
-                             {"comm_s", r.predicted_comm_s},
-                             {"comm_exposed_s", r.predicted.exposed_comm()},
-                             {"comm", comm}}},
+                           {"plan", plan_json(r.predicted)},
+                           {"predicted", predicted_json(r.predicted)},
                            {"measured",
                             {{"step_s", r.measured.step_s},
                              {"compute_s", r.measured.compute_s},
@@ -392,8 +478,10 @@ int run_bench_plan(const BenchPlanArgs& args) {
 
   std::printf("\nbraid bench plan: %s on %s, %d cores; load average %.1f at the start, %.1f at the end\n",
               job.c_str(), cpu_model().c_str(), available_cpus(), load_start, load_end);
-  std::printf("medians of %d steps after %d warm-up steps; step = compute + exposed communication\n\n", a.steps,
-              a.warmup);
+  std::printf("medians of %d steps after %d warm-up steps; predicted step = compute + pipeline bubble + exposed "
+              "communication; measured: rank 0's step, and its waiting for neighbours and collectives (the bubble "
+              "included) as comm exposed; ZeRO's own collectives are not in the engine's comm figures\n\n",
+              a.steps, a.warmup);
   if (!transports.empty()) {
     std::string line = "links (braid bench comm, 2 workers): ";
     bool first = true;
@@ -410,17 +498,18 @@ int run_bench_plan(const BenchPlanArgs& args) {
                 c.workers, c.threads, c.matmul_flops * 1e-9, c.step_s, c.efficiency, c.load_before, c.load_after);
   std::printf("\n");
   std::vector<std::vector<std::string>> table = {
-      {"mode", "workers", "predicted", "compute", "comm exposed", "measured", "compute", "comm exposed", "error",
-       "load"}};
+      {"mode", "workers", "predicted", "compute", "bubble", "comm exposed", "measured", "compute", "comm exposed",
+       "error", "load"}};
   auto ms = [](double s) { return fmt::format("{:.1f} ms", s * 1e3); };
   for (const auto& r : rows)
     table.push_back({r.mode->id + (r.calibration_job ? " *" : ""), std::to_string(r.workers),
                      fmt::format("{:.3f} s", r.predicted.step_time), fmt::format("{:.3f} s", r.predicted.compute),
-                     ms(r.predicted.exposed_comm()), fmt::format("{:.3f} s", r.measured.step_s),
+                     ms(r.predicted.bubble), ms(r.predicted.exposed_comm()), fmt::format("{:.3f} s", r.measured.step_s),
                      fmt::format("{:.3f} s", r.measured.compute_s), ms(r.measured.comm_exposed_s),
                      fmt::format("{:+.1f}%", r.error * 100),
                      fmt::format("{:.1f}", 0.5 * (r.load_before + r.load_after))});
-  std::printf("%s", plan::format_table(table, {false, true, true, true, true, true, true, true, true, true}).c_str());
+  std::printf("%s",
+              plan::format_table(table, {false, true, true, true, true, true, true, true, true, true, true}).c_str());
   std::printf("\n");
   for (const auto& m : modes) std::printf("  %-12s %s\n", m.id.c_str(), m.title.c_str());
   if (std::any_of(rows.begin(), rows.end(), [](auto& r) { return r.calibration_job; }))
@@ -450,7 +539,9 @@ std::function<int()> setup(CLI::App& bench) {
       ->capture_default_str();
   cmd->add_option("--comm-sizes", a->comm_sizes, "All-reduce sizes the links are calibrated with (small,large)")
       ->capture_default_str();
-  cmd->add_option("--modes", a->modes, "Only these modes (comma list): dp, dp-sync, accum2, accum2-sync, dp-tcp")
+  cmd->add_option("--modes", a->modes,
+                  "Only these modes (comma list): dp, dp-sync, accum2, accum2-sync, dp-tcp, full, zero1, zero2, "
+                  "zero3, zero3-full, tp2, pp2, pp2-gpipe")
       ->delimiter(',');
   cmd->add_option("--modes-file", a->modes_file,
                   "TOML file of modes instead of the built-in ones: [mode.NAME] title, workers = [1, 2], "
@@ -463,10 +554,14 @@ std::function<int()> setup(CLI::App& bench) {
   cmd->add_option("--tolerance", a->tolerance, "Target: |predicted - measured| / measured")->capture_default_str();
   cmd->add_flag("--quick", a->quick, "Few steps and small messages (tests): the numbers are rough");
   cmd->add_flag("--json", a->json, "Print one JSON object");
+  cmd->add_flag("--predict-only", a->predict_only,
+                "Only predict every row, with the plan each maps to, from --cluster files (one per worker count): "
+                "nothing is measured or run");
   cmd->footer(
       "Examples:\n"
       "  braid bench plan                               # calibrate, predict and measure every row\n"
       "  braid bench plan --modes dp,dp-sync --steps 40 --json\n"
+      "  braid bench plan --cluster host-2w.toml --modes zero3,tp2,pp2 --predict-only\n"
       "  braid plan --calibrate --workers 2 --out host-2w.toml && braid bench plan --cluster host-2w.toml "
       "--modes dp-sync");
   return [a] { return run_bench_plan(*a); };

@@ -185,38 +185,113 @@ plan::ModelSpec plan_model_for_job(const std::string& path, const std::vector<st
 }
 
 plan::ParallelPlan plan_for_job(const train::TrainConfig& config, int workers) {
-  // The engine's ZeRO/TP/PP modes landed after this mapping was written; until
-  // they are mapped here, a row that uses them would be predicted as plain DP.
-  if (config.parallel.zero != 0 || config.parallel.tp != 1 || config.parallel.pp != 1)
-    throw ConfigError(fmt::format("the plan mapping of braid's job covers data parallelism only (this job: "
-                                  "zero {}, tp {}, pp {})",
-                                  config.parallel.zero, config.parallel.tp, config.parallel.pp),
-                      "map parallel.zero/tp/pp onto plan::ParallelPlan in plan_for_job "
-                      "(cli/torch/plan_calibration.cpp), or leave those keys at their defaults");
+  const auto& par = config.parallel;
+  if (workers < 1) throw ConfigError(fmt::format("{} workers: a job needs at least 1", workers));
+  const int64_t model_ranks = par.tp * par.pp;
+  if (workers % model_ranks != 0)
+    throw ConfigError(fmt::format("{} worker(s) do not split into parallel.tp {} x parallel.pp {} = {} ranks per "
+                                  "replica",
+                                  workers, par.tp, par.pp, model_ranks),
+                      "run a multiple of tp x pp workers, or change parallel.tp / parallel.pp");
+  const int64_t dp = workers / model_ranks;
+  if (par.dp != 0 && par.dp != dp)
+    throw ConfigError(fmt::format("parallel.dp = {} but {} worker(s) with tp {} x pp {} make {} replicas", par.dp,
+                                  workers, par.tp, par.pp, dp),
+                      "leave parallel.dp at 0 (derived) or make it workers / (tp x pp)");
+  if (par.recompute == "selective")
+    throw ConfigError("parallel.recompute = selective has no counterpart in the plan model: braid re-runs the "
+                      "whole attention branch (ln1, QKV, attention, projection), the plan's selective mode only "
+                      "the attention core (Korthikanti et al.), so it would under-count braid's recomputation",
+                      "predict parallel.recompute = none or full, or add braid's mode to plan/ (Recompute)");
+  if (par.recompute != "none" && par.recompute != "full")
+    throw ConfigError(fmt::format("parallel.recompute = '{}' is not mapped onto the plan", par.recompute),
+                      "use none or full");
+  if (config.diloco.enabled)
+    throw ConfigError("diloco.enabled is not mapped onto the plan: the plan's DiLoCo runs one replica per site "
+                      "of a multi-site cluster, braid's bench runs all workers on this host",
+                      "predict the job with diloco.enabled = false, or use braid plan --diloco on a multi-site "
+                      "cluster");
+  const bool mesh_engine = par.tp > 1 || par.pp > 1;  // train/pipeline_job.cpp, else train/trainer.cpp
+  if (mesh_engine && par.pp > 1) {
+    // The plan puts the output layer on the last stage and, when it weighs
+    // more than a block, moves blocks off that stage (Llama 3's split); braid
+    // gives every stage layers / pp blocks. Output layer / block, in the plan's
+    // FLOPs: 2VC / (2(4C² + 2·ffn·C) + 4TC).
+    const double c = static_cast<double>(config.model.width);
+    const double ffn = static_cast<double>(config.model.mlp_ratio) * c;
+    const double head = 2.0 * static_cast<double>(config.model.vocab_size) * c /
+                        (2.0 * (4.0 * c * c + 2.0 * ffn * c) + 4.0 * static_cast<double>(config.model.context) * c);
+    if (head > 1.0)
+      throw ConfigError(fmt::format("the output layer (vocabulary {}) costs {:.1f} blocks: the plan model would "
+                                    "give the last pipeline stage fewer blocks, braid splits model.layers evenly",
+                                    config.model.vocab_size, head),
+                        "predict this job with parallel.pp = 1, or a vocabulary whose output layer costs less "
+                        "than one block");
+  }
+
   plan::ParallelPlan p;
-  p.dp = workers;
-  p.tp = 1;
-  p.pp = 1;
-  p.zero = 0;  // every worker holds all weights, gradients and AdamW state
+  p.dp = dp;
+  p.tp = par.tp;
+  p.pp = par.pp;
+  p.zero = static_cast<int>(par.zero);  // engine: ZeRO over the dp ranks (only with tp = pp = 1)
+  // Ranks are laid out tp innermost, then pp, then dp (docs/parallelism.md).
+  p.order = plan::MeshOrder::DpOuter;
   p.micro_batch = config.train.batch_size;
-  p.global_batch = config.train.batch_size * config.train.grad_accum * workers;
+  // A micro-batch is batch_size sequences per replica. The DP engine runs
+  // train.grad_accum of them (it ignores parallel.microbatches); the mesh
+  // engine runs parallel.microbatches (0: train.grad_accum) through the
+  // pipeline, every rank of a replica reading the same windows.
+  const int64_t micro_batches =
+      mesh_engine && par.microbatches > 0 ? par.microbatches : config.train.grad_accum;
+  p.global_batch = config.train.batch_size * micro_batches * dp;
   p.seq_len = config.model.context;
-  // The engine stores the attention probabilities for backward and recomputes
-  // nothing (train/fused_ops.hpp).
-  p.recompute = plan::Recompute::None;
+  p.schedule = par.schedule == "gpipe" ? plan::Schedule::GPipe : plan::Schedule::OneFOneB;
+  p.virtual_stages = 1;
+  // none: the engine stores the attention probabilities for backward
+  // (train/fused_ops.hpp); full: every block keeps its input and re-runs its
+  // forward in backward (train/recompute.hpp), as the plan's full mode.
+  p.recompute = par.recompute == "full" ? plan::Recompute::Full : plan::Recompute::None;
   p.flash_attention = false;
-  p.grad_bits = 32;
-  // Bucket all-reduces start during the last micro-step's backward, or after it.
-  p.overlap.dp = config.parallel.overlap ? 1.0 : 0.0;
+  p.sequence_parallel = false;  // parallel.sequence_parallel = true is refused by the engine
+  p.grad_bits = 32;             // FP32 gradients (and weights, activations) throughout
+  // What the engine overlaps (docs/plan.md, "braid's job as a plan"):
+  //  - TP: the all-reduces sit inside the blocks' forward and backward and
+  //    block them: nothing hidden.
+  //  - PP: sends are posted without waiting, but the next stage blocks on the
+  //    receive, so the transfer is on the critical path: nothing hidden.
+  //  - DP, mesh engine: one all-reduce of all gradients after the pipeline
+  //    has drained: nothing hidden.
+  //  - DP, ZeRO-0: bucket all-reduces during the last micro-step's backward
+  //    when parallel.overlap, else after it.
+  //  - ZeRO-1/2: the gradients are reduced during backward (ZeRO-1: the
+  //    bucket all-reduces, as ZeRO-0; ZeRO-2: reduce-scatters from the
+  //    gradient hooks), but the parameter all-gather after the update is not
+  //    overlapped. The plan has one window fraction for both; 0 exposes both.
+  //  - ZeRO-3: the next block's gather is launched before the current block
+  //    computes and the reduce-scatters run from the gradient hooks: the
+  //    plan's "prefetched behind all compute".
+  p.overlap.tp = 0;
+  p.overlap.pp = 0;
+  if (mesh_engine) p.overlap.dp = 0;
+  else if (par.zero == 0) p.overlap.dp = par.overlap ? 1.0 : 0.0;
+  else if (par.zero <= 2) p.overlap.dp = 0;
+  else p.overlap.dp = 1;
   return p;
 }
 
 std::string plan_command_for_job(const std::string& job, const std::string& cluster_file,
                                  const plan::ParallelPlan& p) {
-  return fmt::format("braid plan --cluster {} --model {} --gpus {} --zero {} --micro-batch {} --global-batch {} "
-                     "--seq {} --recompute none --eager-attention --grad-bits {} --overlap-dp {}",
-                     cluster_file, job, p.dp * p.tp * p.pp, p.zero, p.micro_batch, p.global_batch, p.seq_len,
-                     p.grad_bits, p.overlap.dp);
+  std::string s = fmt::format("braid plan --cluster {} --model {} --gpus {} --tp {} --pp {} --zero {} --micro-batch "
+                              "{} --global-batch {} --seq {} --recompute {}",
+                              cluster_file, job, p.dp * p.tp * p.pp, p.tp, p.pp, p.zero, p.micro_batch,
+                              p.global_batch, p.seq_len, plan::to_string(p.recompute));
+  if (p.pp > 1) s += " --schedule " + plan::to_string(p.schedule);
+  s += fmt::format(" --order {}", plan::to_string(p.order));
+  if (!p.sequence_parallel) s += " --no-sequence-parallel";
+  if (!p.flash_attention) s += " --eager-attention";
+  s += fmt::format(" --grad-bits {} --overlap-tp {} --overlap-pp {} --overlap-dp {}", p.grad_bits, p.overlap.tp,
+                   p.overlap.pp, p.overlap.dp);
+  return s;
 }
 
 ComputeCalibration calibrate_compute(const HostCalibrationOptions& o, int workers) {

@@ -66,11 +66,14 @@ plan::CalibrationMeasurements host_measurements(const ComputeCalibration& comput
 // The job's config with the overrides applied (validated by the engine).
 train::TrainConfig load_job(const std::string& path, const std::vector<std::string>& sets);
 plan::ModelSpec plan_model_for_job(const std::string& path, const std::vector<std::string>& sets);
-// The layout braid runs a job with on `workers` workers. Today braid has data
-// parallelism (ZeRO-0: every worker keeps all weights and optimizer state;
-// gradients all-reduced in FP32, overlapped with backward or after it) with
-// gradient accumulation; the parallel modes still to come (ZeRO, TP, PP) map
-// their config keys onto the plan here.
+// The layout braid runs a job with on `workers` workers: dp = workers /
+// (tp·pp), the job's ZeRO stage, tp, pp, schedule, micro-batches (as the
+// engine splits the batch), recomputation, eager attention, no sequence
+// parallelism, FP32 gradients, and the overlap the engine really has (none for
+// TP, PP, the mesh engine's gradient all-reduce and ZeRO-1/2's parameter
+// all-gather; docs/plan.md, "braid's job as a plan"). Throws ConfigError,
+// naming the key, for what the plan model cannot express (selective
+// recomputation, DiLoCo, an output layer that would unbalance the pipeline).
 plan::ParallelPlan plan_for_job(const train::TrainConfig& config, int workers);
 // The `braid plan` command line that gives the same estimate.
 std::string plan_command_for_job(const std::string& job, const std::string& cluster_file,
