@@ -1,20 +1,21 @@
 // braid bench recovery: what a fault costs fault-tolerant training. For each
-// fault (kill, stop) it runs the example job with N workers under
+// fault (kill, stop, cut) it runs the example job with N workers under
 // `braid launch` over TCP, makes one worker fail at a chosen step
 // (BRAID_FT_DRILL: SIGKILL with a launcher restart, or SIGSTOP followed by a
 // SIGCONT once the others go on without it), and reads the workers'
 // fault-tolerance events (BRAID_FT_EVENTS; CLOCK_MONOTONIC timestamps, so the
 // processes' clocks agree):
-//   detect    fault -> the first survivor's failed collective or aborted epoch
+//   detect    fault -> the first survivor's failed collective or aborted
+//             epoch, or its first quorum without the faulty worker
 //   next      fault -> the first step a survivor commits after it
 //   redone    steps the survivors discarded and did again
 //   heal      bytes the returning worker fetched from a peer, and how fast
 // In the same run a quick `braid bench comm` all-reduce over TCP (the heal's
 // size, 2 ranks) gives the bandwidth the heal rate is compared with.
 //
-// A network cut (link down) is exercised by tests/ft (network namespaces,
-// root only); its recovery path is the hang's (heartbeat death), so the stop
-// row stands for both.
+// The network cut runs one worker per network namespace (scripts/netns-hosts,
+// root only) with a standalone coordinator, and takes the last worker's link
+// down at the chosen step and up again once the others went on without it.
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -35,6 +36,7 @@
 
 #include "cli/command.hpp"
 #include "coord/timeouts.hpp"
+#include "core/clock.hpp"
 #include "core/error.hpp"
 
 namespace braid::cli {
@@ -45,7 +47,7 @@ using json = nlohmann::json;
 struct BenchRecoveryArgs {
   std::string config = "examples/default.toml";
   std::vector<std::string> sets;
-  std::vector<std::string> faults = {"kill", "stop"};
+  std::vector<std::string> faults = {"kill", "stop", "cut"};
   int workers = 3;
   int steps = 80;
   int at = 15;
@@ -101,6 +103,42 @@ struct FaultResult {
   double rejoin_s = -1;        // fault -> the returning worker's first commit
   std::string dir;
 };
+
+// The survivors' and the returning worker's events after the fault at t_fault
+// (CLOCK_MONOTONIC seconds, as the events'); the faulty worker is the last.
+void analyse(FaultResult& r, Events& ev, int workers, double t_fault) {
+  const std::string victim = std::to_string(workers - 1);
+  double first_failure = std::numeric_limits<double>::max(), first_commit = std::numeric_limits<double>::max();
+  std::set<int64_t> redone;
+  for (int w = 0; w + 1 < workers; ++w)
+    for (const auto& e : ev[std::to_string(w)]) {
+      const double t = e["t"].get<double>();
+      if (t < t_fault) continue;
+      // Detected: a survivor's collective failed, or (a worker that vanished
+      // between collectives) the coordinator gave it a quorum without it.
+      if (e["event"] == "failure" || (e["event"] == "quorum" && e["world"].get<int>() < workers))
+        first_failure = std::min(first_failure, t);
+      if (e["event"] == "discard") redone.insert(e["step"].get<int64_t>());
+      if (e["event"] == "commit" && t < first_commit) {
+        first_commit = t;
+        r.world_after = e["world"].get<int>();
+      }
+    }
+  if (first_failure < std::numeric_limits<double>::max()) r.detect_s = first_failure - t_fault;
+  if (first_commit < std::numeric_limits<double>::max()) r.next_commit_s = first_commit - t_fault;
+  r.redone = static_cast<int>(redone.size());
+  bool healed = false;
+  for (const auto& e : ev[victim]) {
+    if (e["event"] == "heal" && e["t"].get<double>() > t_fault) {
+      r.heal_bytes = e["bytes"].get<uint64_t>();
+      r.heal_s = e["seconds"].get<double>();
+      r.heal_rate = e["bytes_per_s"].get<double>();
+      healed = true;
+    }
+    if (healed && e["event"] == "commit" && r.rejoin_s < 0) r.rejoin_s = e["t"].get<double>() - t_fault;
+  }
+  r.ok = true;
+}
 
 // One job with one fault; the faulty worker is replica workers-1.
 FaultResult run_fault(const BenchRecoveryArgs& a, const std::string& fault, const coord::Timeouts& timeouts) {
@@ -190,33 +228,192 @@ FaultResult run_fault(const BenchRecoveryArgs& a, const std::string& fault, cons
     r.error = "the fault was never injected (the job ended before step " + std::to_string(a.at) + "?)";
     return r;
   }
-  double first_failure = std::numeric_limits<double>::max(), first_commit = std::numeric_limits<double>::max();
-  std::set<int64_t> redone;
-  for (int w = 0; w + 1 < a.workers; ++w)
-    for (const auto& e : ev[std::to_string(w)]) {
-      const double t = e["t"].get<double>();
-      if (t < t_fault) continue;
-      if (e["event"] == "failure") first_failure = std::min(first_failure, t);
-      if (e["event"] == "discard") redone.insert(e["step"].get<int64_t>());
-      if (e["event"] == "commit" && t < first_commit) {
-        first_commit = t;
-        r.world_after = e["world"].get<int>();
+  analyse(r, ev, a.workers, t_fault);
+  return r;
+}
+
+// A shell command in its own process group, its output in a file.
+struct Proc {
+  pid_t pid = -1;
+  int code = -1;
+  bool done = false;
+  void start(const std::string& cmd, const std::string& log) {
+    pid = fork();
+    if (pid < 0) throw Error("fork failed");
+    if (pid == 0) {
+      setpgid(0, 0);
+      std::string line = "exec env " + cmd + " >" + shell_quote(log) + " 2>&1";
+      execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+  }
+  bool poll() {
+    if (done || pid <= 0) return done;
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      done = true;
+      code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    return done;
+  }
+  void stop() {
+    if (pid <= 0 || poll()) return;
+    kill(-pid, SIGTERM);
+    for (int i = 0; i < 30 && !poll(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!poll()) {
+      kill(-pid, SIGKILL);
+      int status;
+      waitpid(pid, &status, 0);
+      done = true;
+    }
+  }
+  ~Proc() { stop(); }
+};
+
+bool shell_ok(const std::string& cmd) { return std::system(cmd.c_str()) == 0; }
+
+// scripts/netns-hosts beside the executable's build directory, or under the
+// working directory.
+std::string netns_script() {
+  const fs::path exe = self_exe();
+  for (const fs::path& p : {exe.parent_path().parent_path() / "scripts/netns-hosts", fs::path("scripts/netns-hosts")})
+    if (fs::exists(p)) return fs::absolute(p).string();
+  return "";
+}
+
+// The network cut: one worker per network namespace ("host", joined by a
+// bridge; scripts/netns-hosts), a standalone coordinator on host 0. Once the
+// last worker has committed step --at with everyone, its host's link goes
+// down; when the survivors have committed a step without it, the link comes
+// back, and the worker learns it was evicted, rejoins and heals.
+FaultResult run_cut(const BenchRecoveryArgs& a, const coord::Timeouts& timeouts) {
+  FaultResult r;
+  r.fault = "cut";
+  if (geteuid() != 0) {
+    r.error = "skipped: a network cut needs network namespaces (run as root)";
+    return r;
+  }
+  const std::string script = netns_script();
+  if (script.empty()) {
+    r.error = "skipped: scripts/netns-hosts not found (run from the repository root)";
+    return r;
+  }
+  char tmpl[] = "/tmp/braid_bench_recovery_XXXXXX";
+  if (!mkdtemp(tmpl)) throw IoError("cannot create a temporary directory in /tmp");
+  r.dir = tmpl;
+  const std::string events_dir = r.dir + "/events";
+  const std::string prefix = "bbr" + std::to_string(getpid() % 100000);
+  struct Hosts {
+    std::string down;
+    bool up = false;
+    ~Hosts() {
+      if (up && std::system(down.c_str()) != 0)
+        std::fprintf(stderr, "bench recovery: could not remove the test hosts (%s)\n", down.c_str());
+    }
+  } hosts;
+  hosts.down = shell_quote(script) + " --prefix " + prefix + " down >/dev/null 2>&1";
+  const std::string up = shell_quote(script) + " --prefix " + prefix + " up " + std::to_string(a.workers) + " >" +
+                         shell_quote(r.dir + "/netns.log") + " 2>&1";
+  hosts.up = true;  // `down` also cleans up after a half-done `up`
+  if (std::system(up.c_str()) != 0) {
+    r.error = "skipped: scripts/netns-hosts up failed (see " + r.dir + "/netns.log)";
+    return r;
+  }
+  auto in_host = [&](int i) { return "ip netns exec " + prefix + "-h" + std::to_string(i) + " "; };
+  const std::string exe = shell_quote(self_exe());
+  // A secret of this run: workers bind to the namespaces' addresses.
+  const std::string secret = fmt::format("BRAID_JOB_SECRET=bench-recovery-{}-{} ", getpid(), now_ns());
+  std::string tenv;
+  for (const auto& [k, v] : timeouts.to_env(true)) tenv += k + "=" + v + " ";
+
+  Proc coordinator;
+  coordinator.start(in_host(0) + "env " + secret + exe + " coordinator --quiet --port 29500 --initial-replicas " +
+                        std::to_string(a.workers) +
+                        fmt::format(" --heartbeat-interval {} --heartbeat-death {} --quorum-wait {} --job-timeout {} "
+                                    "--collective-timeout {}",
+                                    timeouts.heartbeat_interval_s, timeouts.heartbeat_death_s, timeouts.quorum_wait_s,
+                                    timeouts.job_timeout_s, timeouts.collective_s),
+                    r.dir + "/coordinator.log");
+  std::vector<std::unique_ptr<Proc>> workers;
+  for (int i = 0; i < a.workers; ++i) {
+    std::string cmd = in_host(i) + "env " + secret + tenv + "BRAID_FT_EVENTS=" + shell_quote(events_dir) +
+                      " BRAID_TRANSPORT=tcp BRAID_COORDINATOR=10.77.0.1:29500 BRAID_RENDEZVOUS=10.77.0.1:29500 "
+                      "BRAID_RANK=" +
+                      std::to_string(i) + " BRAID_WORLD_SIZE=" + std::to_string(a.workers) + " " + exe + " train " +
+                      shell_quote(a.config) + " --set fault.enabled=true --set train.steps=" +
+                      std::to_string(a.steps) +
+                      " --set train.eval_every=0 --set train.sample_tokens=0 --set run.progress=false --set "
+                      "train.threads=1 --set run.dir=" +
+                      shell_quote(r.dir + "/run");
+    for (const auto& s : a.sets) cmd += " --set " + shell_quote(s);
+    workers.push_back(std::make_unique<Proc>());
+    workers.back()->start(cmd, r.dir + "/worker" + std::to_string(i) + ".log");
+  }
+  const std::string victim = std::to_string(a.workers - 1);
+  const std::string link = "ip -n " + prefix + "-h" + victim + " link set eth0 ";
+  const auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  double t_fault = -1;
+  bool link_down = false, link_back = false;
+  for (;;) {
+    bool all_done = true;
+    for (auto& w : workers) all_done = w->poll() && all_done;
+    if (all_done) break;
+    if (elapsed() > a.timeout_s) {
+      if (link_down && !link_back) shell_ok(link + "up");
+      r.error = fmt::format("the job did not finish within {:.0f} s (logs in {})", a.timeout_s, r.dir);
+      return r;
+    }
+    if (!link_back) {
+      Events ev = read_events(events_dir);
+      if (!link_down) {
+        // Cut once the victim has committed step --at with everyone.
+        for (const auto& e : ev[victim])
+          if (e["event"] == "commit" && e["world"].get<int>() == a.workers && e["step"].get<int64_t>() >= a.at) {
+            t_fault = now_s();
+            if (!shell_ok(link + "down")) {
+              r.error = "could not take the link down: " + link + "down";
+              return r;
+            }
+            link_down = true;
+            break;
+          }
+        if (!link_down && workers.back()->poll()) {
+          r.error = "the worker to cut ended before step " + std::to_string(a.at) + " (logs in " + r.dir + ")";
+          return r;
+        }
+      } else {
+        int survivors_on = 0;
+        for (int w = 0; w + 1 < a.workers; ++w)
+          for (const auto& e : ev[std::to_string(w)])
+            if (e["event"] == "commit" && e["world"].get<int>() < a.workers && e["t"].get<double>() > t_fault) {
+              ++survivors_on;
+              break;
+            }
+        // The others went on without it (or could not, and the timeout ends it).
+        if (survivors_on == a.workers - 1 || now_s() - t_fault > timeouts.quorum_wait_s + 30) {
+          if (!shell_ok(link + "up")) {
+            r.error = "could not bring the link back up: " + link + "up";
+            return r;
+          }
+          link_back = true;
+        }
       }
     }
-  if (first_failure < std::numeric_limits<double>::max()) r.detect_s = first_failure - t_fault;
-  if (first_commit < std::numeric_limits<double>::max()) r.next_commit_s = first_commit - t_fault;
-  r.redone = static_cast<int>(redone.size());
-  bool healed = false;
-  for (const auto& e : ev[victim]) {
-    if (e["event"] == "heal" && e["t"].get<double>() > t_fault) {
-      r.heal_bytes = e["bytes"].get<uint64_t>();
-      r.heal_s = e["seconds"].get<double>();
-      r.heal_rate = e["bytes_per_s"].get<double>();
-      healed = true;
-    }
-    if (healed && e["event"] == "commit" && r.rejoin_s < 0) r.rejoin_s = e["t"].get<double>() - t_fault;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  r.ok = true;
+  for (int i = 0; i < a.workers; ++i)
+    if (workers[static_cast<size_t>(i)]->code != 0) {
+      r.error = fmt::format("worker {} exited with {} (log: {}/worker{}.log)", i, workers[static_cast<size_t>(i)]->code,
+                            r.dir, i);
+      return r;
+    }
+  if (t_fault < 0) {
+    r.error = "the link was never cut (the job ended before step " + std::to_string(a.at) + "?)";
+    return r;
+  }
+  Events ev = read_events(events_dir);
+  analyse(r, ev, a.workers, t_fault);
   return r;
 }
 
@@ -255,16 +452,16 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
   if (!fs::exists(a.config))
     throw ConfigError("job file '" + a.config + "' does not exist", "run from the repository root or pass --config");
   for (const auto& f : a.faults)
-    if (f != "kill" && f != "stop")
-      throw ConfigError("unknown fault '" + f + "'",
-                        "use kill and/or stop (a network cut is tested in tests/ft with network namespaces)");
+    if (f != "kill" && f != "stop" && f != "cut")
+      throw ConfigError("unknown fault '" + f + "'", "use kill, stop and/or cut (comma-separated)");
   const coord::Timeouts timeouts = coord::Timeouts::from_env();
 
   std::vector<FaultResult> results;
   for (const auto& f : a.faults) {
     if (!a.json) std::fprintf(stderr, "bench recovery: %s one of %d workers at step %d of %d...\n", f.c_str(),
                               a.workers, a.at, a.steps);
-    results.push_back(run_fault(a, f, timeouts));
+    results.push_back(f == "cut" ? run_cut(a, timeouts) : run_fault(a, f, timeouts));
+    if (results.back().dir.empty()) continue;
     if (!a.keep && results.back().ok) fs::remove_all(results.back().dir);
     else std::fprintf(stderr, "bench recovery: %s run kept in %s\n", f.c_str(), results.back().dir.c_str());
   }
@@ -308,7 +505,8 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
               "heal(MB/s)", "vs busbw", "rejoin(s)");
   for (const auto& r : results) {
     if (!r.ok) {
-      std::printf("%-6s failed: %s\n", r.fault.c_str(), r.error.c_str());
+      std::printf(r.error.rfind("skipped", 0) == 0 ? "%-6s %s\n" : "%-6s failed: %s\n", r.fault.c_str(),
+                  r.error.c_str());
       continue;
     }
     std::printf("%-6s %10.3f %12.3f %7d %12.2f %12.1f %10.0f%% %10.2f\n", r.fault.c_str(), r.detect_s,
@@ -320,11 +518,17 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
                 static_cast<double>(std::max<uint64_t>(heal_bytes, 1 << 20)) * 1e-6, busbw * 1e-6);
   else
     std::printf("# TCP all-reduce probe failed: %s\n", probe_error.c_str());
+  for (const auto& r : results)
+    if (r.ok && r.fault == "cut")
+      std::printf("# the cut's heal crosses the namespaces' veth links and bridge, the probe runs on loopback\n");
   for (const auto& r : results) {
     if (!r.ok) continue;
     const double target = r.fault == "kill" ? kill_target : stop_target;
     std::printf("target: next committed step <= %.0f s after %s: %.2f s  %s\n", target,
-                r.fault == "kill" ? "SIGKILL" : "a hang (heartbeat death + 2 s)", r.next_commit_s,
+                r.fault == "kill"   ? "SIGKILL"
+                : r.fault == "cut" ? "a network cut (heartbeat death + 2 s)"
+                                   : "a hang (heartbeat death + 2 s)",
+                r.next_commit_s,
                 r.next_commit_s >= 0 && r.next_commit_s <= target ? "met" : "NOT met");
     if (r.heal_bytes > 0 && busbw > 0)
       std::printf("target: healing (%s) >= 50%% of TCP all-reduce busbw: %.0f%%  %s\n", r.fault.c_str(),
@@ -340,7 +544,7 @@ std::function<int()> setup(CLI::App& bench) {
   auto* cmd = bench.add_subcommand("recovery", "Fault-tolerant training: detection, recovery and healing times");
   cmd->add_option("--config", a->config, "Job to run (fault.enabled is set)")->capture_default_str();
   cmd->add_option("--set", a->sets, "Override a config key (repeatable)")->take_all();
-  cmd->add_option("--faults", a->faults, "kill and/or stop")->delimiter(',')->capture_default_str();
+  cmd->add_option("--faults", a->faults, "kill, stop and/or cut (cut needs root: network namespaces)")->delimiter(',')->capture_default_str();
   cmd->add_option("--workers", a->workers, "Data-parallel workers")->capture_default_str();
   cmd->add_option("--steps", a->steps, "Steps of each run")->capture_default_str();
   cmd->add_option("--at", a->at, "Step at which the last worker fails")->capture_default_str();
@@ -348,7 +552,7 @@ std::function<int()> setup(CLI::App& bench) {
   cmd->add_flag("--keep", a->keep, "Keep each run's directory (events, logs) and print it");
   cmd->add_flag("--json", a->json, "Print one JSON object");
   cmd->footer("Timeouts come from the environment (BRAID_HEARTBEAT_DEATH, ...; defaults otherwise), as braid launch\n"
-              "passes them. Example: braid bench recovery --faults kill,stop --steps 80 --at 15");
+              "passes them. Example: braid bench recovery --faults kill,stop,cut --steps 80 --at 15");
   return [a] { return run_bench_recovery(*a); };
 }
 

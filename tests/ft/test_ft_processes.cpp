@@ -439,4 +439,32 @@ TEST_F(FaultTolerantTraining, CutLinkIsEvictedThenRejoinsWhenItComesBack) {
   EXPECT_GT((*heal)["bytes"].get<uint64_t>(), 0u);
 }
 
+// `braid bench recovery --faults cut` on the tiny job: the benchmark builds
+// its own namespace hosts, cuts the last worker's link at the chosen step,
+// restores it, and reports the eviction and the heal from the events.
+TEST_F(FaultTolerantTraining, BenchRecoveryMeasuresANetworkCut) {
+  if (geteuid() != 0) GTEST_SKIP() << "skipping: the network cut needs network namespaces (root)";
+  const int steps = 250;
+  auto cfg = config(steps);
+  const std::string out = dir_ + "/bench.json", err = dir_ + "/bench.err";
+  const std::string cmd = "BRAID_FT_STEP_DELAY=0.06 BRAID_HEARTBEAT_INTERVAL=0.5 BRAID_HEARTBEAT_DEATH=3 "
+                          "BRAID_QUORUM_WAIT=8 BRAID_COMM_TIMEOUT=2 " +
+                          kBraid + " bench recovery --config " + cfg + " --faults cut --workers 3 --steps " +
+                          std::to_string(steps) + " --at 5 --timeout 240 --json >" + out + " 2>" + err;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << slurp(err);
+  const json j = json::parse(slurp(out));
+  ASSERT_EQ(j["faults"].size(), 1u) << j.dump(2);
+  const json& cut = j["faults"][0];
+  EXPECT_EQ(cut["fault"], "cut");
+  ASSERT_TRUE(cut["ok"].get<bool>()) << cut.dump(2) << slurp(err);
+  EXPECT_EQ(cut["world_after"].get<int>(), 2) << "the survivors' first commit after the cut is without it";
+  EXPECT_GT(cut["detect_s"].get<double>(), 0);
+  EXPECT_GE(cut["next_commit_s"].get<double>(), cut["detect_s"].get<double>());
+  EXPECT_GT(cut["heal_bytes"].get<uint64_t>(), 0u) << "the worker came back and healed";
+  EXPECT_GT(cut["rejoin_s"].get<double>(), cut["next_commit_s"].get<double>());
+  // The benchmark removed its hosts.
+  const std::string left = "ip netns list | grep -q '^bbr' ";
+  EXPECT_NE(std::system(left.c_str()), 0) << "namespaces left behind";
+}
+
 }  // namespace
