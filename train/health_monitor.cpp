@@ -319,6 +319,7 @@ bool HealthMonitor::before_optimizer_apply(Trainer& t, const StepMetrics& m) {
   // With 2 replicas keep the state before the update, to recompute the step
   // if they disagree after it.
   if (check_due_ && t.world_size() == 2) {
+    Stopwatch sw;
     auto& p = t.model().params();
     const float* pd = p.param_data();
     before_params_.assign(pd, pd + p.numel());
@@ -326,6 +327,7 @@ bool HealthMonitor::before_optimizer_apply(Trainer& t, const StepMetrics& m) {
     auto vv = t.optimizer().exp_avg_sq();
     before_m_.assign(mm.begin(), mm.end());
     before_v_.assign(vv.begin(), vv.end());
+    stats_.snapshot_s += sw.seconds();
   }
   return true;
 }

@@ -61,6 +61,7 @@ struct HealthStats {
   int64_t injected = 0;
   double fingerprint_s = 0;      // time spent hashing, this rank
   double exchange_s = 0;         // time in the monitor's collectives, this rank
+  double snapshot_s = 0;         // 2 replicas: copying the state before each checked update, this rank
   uint64_t fingerprint_bytes = 0;
 };
 
@@ -89,6 +90,11 @@ class HealthMonitor : public StepObserver {
 
   // Adds this step's health fields to m.extra (metrics.jsonl).
   void annotate(StepMetrics& m) const;
+
+  // Turns the fingerprint checks (state and buckets) on or off from the next
+  // step on; every rank must do the same before the same step. For
+  // benchmarks that interleave checked and unchecked steps.
+  void set_fingerprints(bool on) { config_.fingerprints = config_.bucket_fingerprints = on; }
 
   const HealthStats& stats() const { return stats_; }
   const std::vector<HealthEvent>& events() const { return events_; }

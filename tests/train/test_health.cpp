@@ -198,6 +198,46 @@ TEST_F(Health, TwoReplicasRecomputeOrDrop) {
   EXPECT_EQ(stats[0].dropped_updates, 2);
 }
 
+// The checks can be switched off and on between steps (bench health
+// interleaves them): an unchecked step hashes nothing, copies nothing and
+// exchanges nothing; a checked one with 2 replicas times its state copy,
+// and still names the rank whose parameters were flipped.
+TEST_F(Health, ChecksSwitchedPerStepCostNothingWhenOff) {
+  TrainConfig cfg = tiny_config();
+  cfg.train.steps = 6;
+  cfg.health.straggler_every = 0;
+  cfg.health.inject = {"bitflip:rank=1,step=2,target=params,index=50,bit=20"};
+  std::vector<std::vector<HealthStats>> per_step(2);
+  std::vector<uint64_t> hash(2);
+  std::vector<std::vector<HealthEvent>> events(2);
+  auto errors = run_ranks(2, 30, [&](int r, comm::Communicator& c) {
+    Trainer t(cfg, corpus(), &c);
+    HealthMonitor mon(t, cfg.health, "");
+    while (t.step() < cfg.train.steps) {
+      mon.set_fingerprints(t.step() % 2 == 1);  // steps 1, 3, 5 unchecked; 2, 4, 6 checked
+      t.train_step();
+      per_step[static_cast<size_t>(r)].push_back(mon.stats());
+    }
+    hash[static_cast<size_t>(r)] = state_hash(t);
+    events[static_cast<size_t>(r)] = mon.events();
+  });
+  for (int r = 0; r < 2; ++r) ASSERT_FALSE(errors[static_cast<size_t>(r)]) << describe(errors[static_cast<size_t>(r)]);
+  const auto& s = per_step[0];
+  ASSERT_EQ(s.size(), 6u);
+  for (size_t i = 0; i < s.size(); ++i) {
+    const HealthStats before = i ? s[i - 1] : HealthStats{};
+    const bool checked = i % 2 == 1;
+    EXPECT_EQ(s[i].fingerprint_bytes > before.fingerprint_bytes, checked) << "step " << i + 1;
+    EXPECT_EQ(s[i].exchange_s > before.exchange_s, checked) << "step " << i + 1;
+    EXPECT_EQ(s[i].snapshot_s > before.snapshot_s, checked) << "step " << i + 1;
+  }
+  EXPECT_EQ(hash[0], hash[1]);
+  bool named = false;
+  for (const auto& e : events[0])
+    if (e.kind == "corruption" && e.step == 2 && e.ranks == std::vector<int>{1}) named = true;
+  EXPECT_TRUE(named) << "the flip at step 2 (a checked step) is named on rank 1";
+}
+
 // hang:rank=1 -> the others time out in the first bucket all-reduce of that
 // step, every rank dumps its flight recorder, and the analysis names rank 1
 // and the collective it never entered.
