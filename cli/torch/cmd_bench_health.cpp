@@ -12,6 +12,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -35,9 +36,9 @@ namespace {
 struct BenchHealthArgs {
   std::string config = "examples/default.toml";
   std::vector<std::string> sets;
-  int steps = 30;  // pairs
+  int steps = 50;  // pairs
   int warmup = 3;
-  int repeats = 3;
+  int repeats = 4;
   bool json = false;
 };
 
@@ -152,6 +153,16 @@ int run_bench_health(const BenchHealthArgs& a) {
   // steps (robust to load that comes and goes); the monitor's own time spent
   // hashing, exchanging and copying, over the step, is what it is made of.
   const double overhead = median(paired);
+  // A distribution-free 95% confidence interval of that median: the order
+  // statistics n/2 -+ 0.98 sqrt(n) of the sorted differences.
+  std::vector<double> sorted = paired;
+  std::sort(sorted.begin(), sorted.end());
+  const double half = 0.98 * std::sqrt(static_cast<double>(sorted.size()));
+  const auto at = [&](double i) {
+    return sorted.empty() ? 0.0 : sorted[static_cast<size_t>(std::clamp(i, 0.0, static_cast<double>(sorted.size() - 1)))];
+  };
+  const double ci_low = at(std::floor(static_cast<double>(sorted.size()) / 2 - half));
+  const double ci_high = at(std::ceil(static_cast<double>(sorted.size()) / 2 + half));
   const double own_s = median(fp_s) + median(ex_s) + median(snap_s);
   const double own_share = t_off > 0 ? own_s / t_off : 0;
   const double hash_share = t_off > 0 ? median(fp_s) / t_off : 0;
@@ -164,6 +175,8 @@ int run_bench_health(const BenchHealthArgs& a) {
     j["step_ms_off"] = t_off * 1e3;
     j["step_ms_on"] = t_on * 1e3;
     j["overhead"] = overhead;
+    j["overhead_ci95"] = {ci_low, ci_high};
+    j["pairs_measured"] = paired.size();
     j["overhead_of_medians"] = t_off > 0 ? t_on / t_off - 1 : 0;
     j["runs_ms_off"] = off;
     j["runs_ms_on"] = on;
@@ -188,9 +201,10 @@ int run_bench_health(const BenchHealthArgs& a) {
   std::vector<double> off_ms, on_ms;
   for (double x : off) off_ms.push_back(x * 1e3);
   for (double x : on) on_ms.push_back(x * 1e3);
-  std::printf("overhead: %+.2f%% of the step (median over %zu neighbouring off/on pairs; run medians off: %s ms, on: "
-              "%s ms)\n",
-              overhead * 100, paired.size(), fmt::format("{:.1f}", fmt::join(off_ms, " ")).c_str(),
+  std::printf("overhead: %+.2f%% of the step (median over %zu neighbouring off/on pairs, 95%% CI %+.2f%% .. %+.2f%%; "
+              "run medians off: %s ms, on: %s ms)\n",
+              overhead * 100, paired.size(), ci_low * 100, ci_high * 100,
+              fmt::format("{:.1f}", fmt::join(off_ms, " ")).c_str(),
               fmt::format("{:.1f}", fmt::join(on_ms, " ")).c_str());
   std::printf("the monitor's own time per checked step: hashing %.2f ms (%.1f MB), exchange %.2f ms, state copy "
               "before the update %.2f ms: %.2f%% of the step\n",
