@@ -301,6 +301,8 @@ void FaultTolerance::heal(const coord::Quorum& q) {
     j["chunks"] = s.chunks;
     j["seconds"] = s.seconds;
     j["bytes_per_s"] = s.rate_bytes_per_s();
+    j["wait_s"] = s.wait_s;
+    j["transfer_bytes_per_s"] = s.transfer_s() > 0 ? static_cast<double>(s.bytes) / s.transfer_s() : 0.0;
     event("heal", j.dump());
     log::info("healed from replica {} (rank {}): {} in {:.3f} s ({}/s), {} chunks xxh3-verified; joining at step {}",
               src.replica_id, q.heal_source, format_bytes(static_cast<double>(s.bytes)), s.seconds,

@@ -136,6 +136,7 @@ HealStats receive_training_state(comm::Communicator& comm, TrainState& state, in
 
   uint64_t text_bytes = 0;
   comm.recv(&text_bytes, sizeof text_bytes, source, kHealHeaderSize, until(deadline)).wait();
+  stats.wait_s = clock.seconds();
   if (text_bytes == 0 || text_bytes > kMaxHeaderBytes)
     throw CorruptData(fmt::format("{} announces a header of {} bytes", from, text_bytes),
                       "the workers run different braid builds");
@@ -173,6 +174,7 @@ HealStats receive_training_state(comm::Communicator& comm, TrainState& state, in
   if (chunks.size() != hashes.size())
     throw CorruptData(fmt::format("{} lists {} chunks where this worker's state has {}", from, hashes.size(),
                                   chunks.size()));
+
 
   // Every receive is posted at once: chunks land in place as they arrive.
   std::vector<comm::Work> works;

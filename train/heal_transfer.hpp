@@ -39,6 +39,12 @@ struct HealStats {
   uint64_t bytes = 0;   // state bytes moved (per target for a sender: the sum over targets)
   uint64_t chunks = 0;
   double seconds = 0;   // wall time of the transfer, header included
+  // Receiver: time spent waiting for the sender to begin (it may still be
+  // finishing its own quorum, or hashing its chunks), part of `seconds`.
+  double wait_s = 0;
+  // Receiver: the time from the first byte of the header to the last
+  // verified chunk, i.e. what the link and the checks took.
+  double transfer_s() const { return seconds - wait_s; }
   double rate_bytes_per_s() const { return seconds > 0 ? static_cast<double>(bytes) / seconds : 0; }
 };
 

@@ -10,6 +10,7 @@
 //   next      fault -> the first step a survivor commits after it
 //   redone    steps the survivors discarded and did again
 //   heal      bytes the returning worker fetched from a peer, and how fast
+//             (the transfer; the wait for the peer to begin is shown apart)
 // In the same run a quick `braid bench comm` all-reduce over TCP (the heal's
 // size, 2 ranks) gives the bandwidth the heal rate is compared with.
 //
@@ -99,7 +100,8 @@ struct FaultResult {
   int world_after = 0;         // members of the first epoch after the fault
   uint64_t heal_bytes = 0;
   double heal_s = 0;
-  double heal_rate = 0;        // bytes/s
+  double heal_rate = 0;        // bytes/s of the transfer (first header byte to last verified chunk)
+  double heal_wait_s = 0;      // the joiner waiting for its peer to begin sending
   double rejoin_s = -1;        // fault -> the returning worker's first commit
   std::string dir;
 };
@@ -132,7 +134,8 @@ void analyse(FaultResult& r, Events& ev, int workers, double t_fault) {
     if (e["event"] == "heal" && e["t"].get<double>() > t_fault) {
       r.heal_bytes = e["bytes"].get<uint64_t>();
       r.heal_s = e["seconds"].get<double>();
-      r.heal_rate = e["bytes_per_s"].get<double>();
+      r.heal_rate = e.value("transfer_bytes_per_s", e["bytes_per_s"].get<double>());
+      r.heal_wait_s = e.value("wait_s", 0.0);
       healed = true;
     }
     if (healed && e["event"] == "commit" && r.rejoin_s < 0) r.rejoin_s = e["t"].get<double>() - t_fault;
@@ -490,6 +493,7 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
       j["heal_bytes"] = r.heal_bytes;
       j["heal_s"] = r.heal_s;
       j["heal_bytes_per_s"] = r.heal_rate;
+      j["heal_wait_s"] = r.heal_wait_s;
       j["heal_vs_allreduce_busbw"] = busbw > 0 ? r.heal_rate / busbw : 0;
       j["rejoin_s"] = r.rejoin_s;
       j["next_commit_target_s"] = r.fault == "kill" ? kill_target : stop_target;
@@ -501,16 +505,17 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
   std::printf("# braid bench recovery: %d workers (TCP), %s, fault at step %d of %d\n", a.workers,
               a.config.c_str(), a.at, a.steps);
   std::printf("# %s\n", timeouts.describe().c_str());
-  std::printf("%-6s %10s %12s %7s %12s %12s %11s %10s\n", "fault", "detect(s)", "next(s)", "redone", "heal(MB)",
-              "heal(MB/s)", "vs busbw", "rejoin(s)");
+  std::printf("%-6s %10s %12s %7s %12s %10s %12s %11s %10s\n", "fault", "detect(s)", "next(s)", "redone", "heal(MB)",
+              "wait(ms)", "heal(MB/s)", "vs busbw", "rejoin(s)");
   for (const auto& r : results) {
     if (!r.ok) {
       std::printf(r.error.rfind("skipped", 0) == 0 ? "%-6s %s\n" : "%-6s failed: %s\n", r.fault.c_str(),
                   r.error.c_str());
       continue;
     }
-    std::printf("%-6s %10.3f %12.3f %7d %12.2f %12.1f %10.0f%% %10.2f\n", r.fault.c_str(), r.detect_s,
-                r.next_commit_s, r.redone, static_cast<double>(r.heal_bytes) * 1e-6, r.heal_rate * 1e-6,
+    std::printf("%-6s %10.3f %12.3f %7d %12.2f %10.1f %12.1f %10.0f%% %10.2f\n", r.fault.c_str(), r.detect_s,
+                r.next_commit_s, r.redone, static_cast<double>(r.heal_bytes) * 1e-6, r.heal_wait_s * 1e3,
+                r.heal_rate * 1e-6,
                 busbw > 0 ? 100 * r.heal_rate / busbw : 0.0, r.rejoin_s);
   }
   if (busbw > 0)
@@ -518,6 +523,8 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
                 static_cast<double>(std::max<uint64_t>(heal_bytes, 1 << 20)) * 1e-6, busbw * 1e-6);
   else
     std::printf("# TCP all-reduce probe failed: %s\n", probe_error.c_str());
+  std::printf("# heal(MB/s): the transfer, from the header's first byte to the last verified chunk; wait(ms): the\n"
+              "# joiner waiting before that for its peer to begin (finishing its quorum, hashing its chunks)\n");
   for (const auto& r : results)
     if (r.ok && r.fault == "cut")
       std::printf("# the cut's heal crosses the namespaces' veth links and bridge, the probe runs on loopback\n");
