@@ -27,6 +27,7 @@
 #include <sstream>
 
 #include "cli/command.hpp"
+#include "cli/diloco_page.hpp"
 #include "core/clock.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
@@ -190,70 +191,20 @@ Result run_variant(const BenchDilocoArgs& a, const Variant& v, const train::Trai
 
 // --- the HTML page: two SVG plots, one polyline per configuration ---
 
-std::string color_of(size_t i) {
-  static const char* palette[] = {"#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-                                  "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31"};
-  return palette[i % (sizeof palette / sizeof *palette)];
-}
-
-std::string svg_plot(const std::vector<Result>& rs, bool by_bytes, const std::string& title) {
-  const double W = 640, H = 360, L = 60, R = 20, T = 30, B = 45;
-  double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
-  for (const auto& r : rs)
-    for (const auto& p : r.curve) {
-      double x = by_bytes ? p.bytes_wan : p.tokens;
-      if (by_bytes && x <= 0) continue;
-      x = by_bytes ? std::log10(x) : x;
-      xmin = std::min(xmin, x), xmax = std::max(xmax, x);
-      ymin = std::min(ymin, p.val_loss), ymax = std::max(ymax, p.val_loss);
-    }
-  if (!(xmax > xmin)) xmax = xmin + 1;
-  if (!(ymax > ymin)) ymax = ymin + 1;
-  auto sx = [&](double x) { return L + (x - xmin) / (xmax - xmin) * (W - L - R); };
-  auto sy = [&](double y) { return T + (ymax - y) / (ymax - ymin) * (H - T - B); };
-  std::string s = fmt::format("<svg width='{}' height='{}' xmlns='http://www.w3.org/2000/svg' font-family='sans-serif' "
-                              "font-size='11'><text x='{}' y='18' font-size='13'>{}</text>",
-                              W, H, L, title);
-  s += fmt::format("<rect x='{}' y='{}' width='{}' height='{}' fill='none' stroke='#999'/>", L, T, W - L - R,
-                   H - T - B);
-  for (int k = 0; k <= 4; ++k) {
-    double y = ymin + (ymax - ymin) * k / 4, x = xmin + (xmax - xmin) * k / 4;
-    s += fmt::format("<text x='{}' y='{}' text-anchor='end'>{:.3f}</text>", L - 4, sy(y) + 4, y);
-    std::string label = by_bytes ? fmt::format("{:.2g} B", std::pow(10.0, x)) : fmt::format("{:.3g}", x);
-    s += fmt::format("<text x='{}' y='{}' text-anchor='middle'>{}</text>", sx(x), H - B + 15, label);
+DilocoResults page_data(const std::vector<Result>& rs, const std::string& setup) {
+  DilocoResults d;
+  d.setup = setup;
+  for (const auto& r : rs) {
+    DilocoRow row;
+    row.name = r.v.name;
+    row.final_val_loss = r.final_val_loss;
+    row.bytes_wan = r.bytes_wan;
+    row.wall_s = r.wall_s;
+    row.utilization = r.utilization;
+    for (const auto& p : r.curve) row.curve.push_back({p.step, p.tokens, p.bytes_wan, p.val_loss});
+    d.rows.push_back(std::move(row));
   }
-  s += fmt::format("<text x='{}' y='{}' text-anchor='middle'>{}</text>", (L + W - R) / 2, H - 8,
-                   by_bytes ? "bytes across sites (log scale)" : "tokens");
-  s += fmt::format("<text x='14' y='{}' transform='rotate(-90 14 {})' text-anchor='middle'>validation loss</text>",
-                   (T + H - B) / 2, (T + H - B) / 2);
-  for (size_t i = 0; i < rs.size(); ++i) {
-    std::string pts;
-    for (const auto& p : rs[i].curve) {
-      if (by_bytes && p.bytes_wan <= 0) continue;
-      double x = by_bytes ? std::log10(p.bytes_wan) : p.tokens;
-      pts += fmt::format("{:.1f},{:.1f} ", sx(x), sy(p.val_loss));
-    }
-    s += fmt::format("<polyline fill='none' stroke='{}' stroke-width='1.5' points='{}'><title>{}</title></polyline>",
-                     color_of(i), pts, rs[i].v.name);
-  }
-  return s + "</svg>";
-}
-
-std::string html_page(const std::vector<Result>& rs, const std::string& setup) {
-  std::string s = "<!doctype html><html><head><meta charset='utf-8'><title>braid bench diloco</title>"
-                  "<style>body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}"
-                  "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f4f4f4}</style>"
-                  "</head><body><h1>DiLoCo over emulated sites</h1><p>" +
-                  setup + "</p>";
-  s += svg_plot(rs, false, "validation loss vs tokens") + " " + svg_plot(rs, true, "validation loss vs bytes across sites");
-  s += "<table><tr><th>configuration</th><th>final val loss</th><th>bytes across sites</th><th>wall s</th>"
-       "<th>compute utilization</th></tr>";
-  for (size_t i = 0; i < rs.size(); ++i)
-    s += fmt::format("<tr><td style='text-align:left;color:{}'>&#9632; {}</td><td>{:.4f}</td><td>{:.3e}</td>"
-                     "<td>{:.1f}</td><td>{:.1f}%</td></tr>",
-                     color_of(i), rs[i].v.name, rs[i].final_val_loss, rs[i].bytes_wan, rs[i].wall_s,
-                     rs[i].utilization * 100);
-  return s + "</table></body></html>\n";
+  return d;
 }
 
 int run_bench_diloco(const BenchDilocoArgs& a) {
@@ -291,7 +242,7 @@ int run_bench_diloco(const BenchDilocoArgs& a) {
                   a.workers, a.latency, a.rate, steps, a.quick ? ", --quick model" : "", a.config);
   {
     std::ofstream page(out + "/diloco.html");
-    page << html_page(results, setup);
+    page << diloco_html_page(page_data(results, setup));
   }
   nlohmann::ordered_json j;
   j["setup"] = setup;
