@@ -61,12 +61,7 @@ struct Variant {
   int64_t delay = 0;
 };
 
-struct CurvePoint {
-  int64_t step = 0;
-  double tokens = 0;
-  double bytes_wan = 0;
-  double val_loss = 0;
-};
+using CurvePoint = DilocoCurvePoint;  // cli/diloco_page.hpp
 
 struct Result {
   Variant v;
@@ -201,7 +196,7 @@ DilocoResults page_data(const std::vector<Result>& rs, const std::string& setup)
     row.bytes_wan = r.bytes_wan;
     row.wall_s = r.wall_s;
     row.utilization = r.utilization;
-    for (const auto& p : r.curve) row.curve.push_back({p.step, p.tokens, p.bytes_wan, p.val_loss});
+    row.curve = r.curve;
     d.rows.push_back(std::move(row));
   }
   return d;
