@@ -14,6 +14,7 @@
 #include "train/heal_transfer.hpp"
 #include "train/train_state.hpp"
 #include "train/trainer.hpp"
+#include "tests/train/pangram_corpus.hpp"
 
 namespace braid::train {
 namespace {
@@ -85,17 +86,7 @@ TEST(BatchShape, PerReplicaKeepsTheConfiguredShape) {
   }
 }
 
-const TokenDataset& corpus() {
-  static const TokenDataset ds = [] {
-    std::string text;
-    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ", "pack my box with five dozen liquor jugs! ",
-                           "how vexingly quick daft zebras jump; ", "sphinx of black quartz, judge my vow. "};
-    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
-    std::vector<uint16_t> tokens(text.begin(), text.end());
-    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
-  }();
-  return ds;
-}
+using test::pangram_corpus;
 
 TrainConfig tiny_config(int64_t width = 32) {
   TrainConfig c;
@@ -129,13 +120,14 @@ TEST(Healing, SeveralJoinersGetTheSourceStateBitIdentical) {
   const int world = 3;
   auto cfg = tiny_config();
   std::vector<std::unique_ptr<Trainer>> trainers;
-  for (int r = 0; r < world; ++r) trainers.push_back(std::make_unique<Trainer>(cfg, corpus(), nullptr));
+  for (int r = 0; r < world; ++r) trainers.push_back(std::make_unique<Trainer>(cfg, pangram_corpus(), nullptr));
   for (int i = 0; i < 3; ++i) trainers[0]->train_step();
   ASSERT_NE(state_bytes(*trainers[0]), state_bytes(*trainers[1]));
 
   auto hub = net::make_inproc_hub(world);
   HealOptions opts;
   opts.chunk_bytes = 4093;  // a prime: chunks do not line up with buffers or tensors
+  opts.piece_bytes = 1500;  // each chunk goes as several messages through the bounce slots
   opts.window = 3;
   opts.timeout_s = 60;
   std::vector<HealStats> stats(world);
@@ -174,9 +166,9 @@ TEST(Healing, SeveralJoinersGetTheSourceStateBitIdentical) {
 
 TEST(Healing, ADifferentModelIsRefusedAndLeavesTheStateAlone) {
   auto hub = net::make_inproc_hub(2);
-  Trainer source(tiny_config(32), corpus(), nullptr);
+  Trainer source(tiny_config(32), pangram_corpus(), nullptr);
   source.train_step();
-  Trainer other(tiny_config(64), corpus(), nullptr);
+  Trainer other(tiny_config(64), pangram_corpus(), nullptr);
   const std::string before = state_bytes(other);
   HealOptions opts;
   opts.timeout_s = 3;

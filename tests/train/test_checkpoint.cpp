@@ -27,22 +27,13 @@
 #include "train/checkpointing.hpp"
 #include "train/compute_threads.hpp"
 #include "train/trainer.hpp"
+#include "tests/train/pangram_corpus.hpp"
 
 namespace braid::train {
 namespace {
 namespace fs = std::filesystem;
 
-const TokenDataset& corpus() {
-  static const TokenDataset ds = [] {
-    std::string text;
-    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ", "pack my box with five dozen liquor jugs! ",
-                           "how vexingly quick daft zebras jump; ", "sphinx of black quartz, judge my vow. "};
-    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
-    std::vector<uint16_t> tokens(text.begin(), text.end());
-    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
-  }();
-  return ds;
-}
+using test::pangram_corpus;
 
 struct TempDir {
   std::string path;
@@ -135,7 +126,7 @@ std::vector<RankRun> run_job(const Job& job) {
       try {
         std::unique_ptr<comm::Communicator> comm;
         if (job.world > 1) comm = std::make_unique<comm::Communicator>(net::connect_inproc(hub, r));
-        Trainer t(job.cfg, corpus(), comm.get());
+        Trainer t(job.cfg, pangram_corpus(), comm.get());
         std::unique_ptr<Checkpointing> ck;
         if (job.checkpointing) {
           CheckpointingHooks hooks;

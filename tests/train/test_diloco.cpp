@@ -17,21 +17,12 @@
 #include "train/compute_threads.hpp"
 #include "train/diloco.hpp"
 #include "train/trainer.hpp"
+#include "tests/train/pangram_corpus.hpp"
 
 namespace braid::train {
 namespace {
 
-const TokenDataset& corpus() {
-  static const TokenDataset ds = [] {
-    std::string text;
-    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ", "pack my box with five dozen liquor jugs! ",
-                           "how vexingly quick daft zebras jump; ", "sphinx of black quartz, judge my vow. "};
-    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
-    std::vector<uint16_t> tokens(text.begin(), text.end());
-    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
-  }();
-  return ds;
-}
+using test::pangram_corpus;
 
 TrainConfig tiny_config(int64_t steps) {
   TrainConfig c;
@@ -81,8 +72,8 @@ std::vector<WorkerResult> run_diloco(const TrainConfig& cfg, const DilocoConfig&
       try {
         comm::Communicator comm(net::connect_inproc(hub, r));
         DilocoGroups groups = DilocoGroups::make(dc, &comm);
-        Trainer t(cfg, corpus(), groups.inner.get());
-        Diloco diloco(dc, t, groups, corpus().train().size());
+        Trainer t(cfg, pangram_corpus(), groups.inner.get());
+        Diloco diloco(dc, t, groups, pangram_corpus().train().size());
         while (t.step() < cfg.train.steps) t.train_step();
         results[static_cast<size_t>(r)] = {t.model().params().params().clone(), diloco.stats()};
       } catch (...) {
@@ -103,14 +94,14 @@ std::vector<WorkerResult> run_diloco(const TrainConfig& cfg, const DilocoConfig&
 torch::Tensor reference(const TrainConfig& cfg, const DilocoConfig& dc, int R) {
   std::vector<std::unique_ptr<Trainer>> replicas;
   for (int r = 0; r < R; ++r) {
-    replicas.push_back(std::make_unique<Trainer>(cfg, corpus(), nullptr));
-    replicas.back()->sampler() = BatchSampler(corpus().train().size(), cfg.model.context, cfg.train.batch_size, r,
+    replicas.push_back(std::make_unique<Trainer>(cfg, pangram_corpus(), nullptr));
+    replicas.back()->sampler() = BatchSampler(pangram_corpus().train().size(), cfg.model.context, cfg.train.batch_size, r,
                                               R, cfg.train.seed);
   }
   // Fragment ranges from a throwaway instance (the split is not what is tested here).
-  Trainer layout_trainer(cfg, corpus(), nullptr);
+  Trainer layout_trainer(cfg, pangram_corpus(), nullptr);
   DilocoGroups none;
-  Diloco layout(dc, layout_trainer, none, corpus().train().size());
+  Diloco layout(dc, layout_trainer, none, pangram_corpus().train().size());
   const int F = layout.fragments();
   const int64_t n = replicas[0]->model().params().numel();
   const float* init = replicas[0]->model().params().param_data();
@@ -248,10 +239,10 @@ TEST_F(DilocoTest, BadSettingsAreClearErrors) {
   auto cfg = tiny_config(2);
   auto dc = diloco_config(1000);
   dc.fragments = 500;
-  Trainer t(cfg, corpus(), nullptr);
+  Trainer t(cfg, pangram_corpus(), nullptr);
   DilocoGroups none;
   try {
-    Diloco d(dc, t, none, corpus().train().size());
+    Diloco d(dc, t, none, pangram_corpus().train().size());
     FAIL() << "expected ConfigError";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("parameter tensors"), std::string::npos) << e.what();

@@ -25,23 +25,14 @@
 #include "train/compute_threads.hpp"
 #include "train/health_monitor.hpp"
 #include "train/trainer.hpp"
+#include "tests/train/pangram_corpus.hpp"
 
 namespace braid::train {
 namespace {
 
 namespace fs = std::filesystem;
 
-const TokenDataset& corpus() {
-  static const TokenDataset ds = [] {
-    std::string text;
-    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ", "pack my box with five dozen liquor jugs! ",
-                           "how vexingly quick daft zebras jump; ", "sphinx of black quartz, judge my vow. "};
-    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
-    std::vector<uint16_t> tokens(text.begin(), text.end());
-    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
-  }();
-  return ds;
-}
+using test::pangram_corpus;
 
 TrainConfig tiny_config() {
   TrainConfig c;
@@ -140,7 +131,7 @@ TEST_F(Health, FiftyRandomBitFlipsAreCaughtInTheirStepAndRepaired) {
   std::vector<std::vector<HealthEvent>> events(world);
   std::vector<HealthStats> stats(world);
   auto errors = run_ranks(world, 30, [&](int r, comm::Communicator& c) {
-    Trainer t(cfg, corpus(), &c);
+    Trainer t(cfg, pangram_corpus(), &c);
     HealthMonitor mon(t, cfg.health, "");
     while (t.step() < steps) t.train_step();
     final_hash[static_cast<size_t>(r)] = state_hash(t);
@@ -181,7 +172,7 @@ TEST_F(Health, TwoReplicasRecomputeOrDrop) {
   std::vector<HealthStats> stats(2);
   std::vector<std::vector<HealthEvent>> events(2);
   auto errors = run_ranks(2, 30, [&](int r, comm::Communicator& c) {
-    Trainer t(cfg, corpus(), &c);
+    Trainer t(cfg, pangram_corpus(), &c);
     HealthMonitor mon(t, cfg.health, "");
     while (t.step() < cfg.train.steps) t.train_step();
     hash[static_cast<size_t>(r)] = state_hash(t);
@@ -211,7 +202,7 @@ TEST_F(Health, ChecksSwitchedPerStepCostNothingWhenOff) {
   std::vector<uint64_t> hash(2);
   std::vector<std::vector<HealthEvent>> events(2);
   auto errors = run_ranks(2, 30, [&](int r, comm::Communicator& c) {
-    Trainer t(cfg, corpus(), &c);
+    Trainer t(cfg, pangram_corpus(), &c);
     HealthMonitor mon(t, cfg.health, "");
     while (t.step() < cfg.train.steps) {
       mon.set_fingerprints(t.step() % 2 == 1);  // steps 1, 3, 5 unchecked; 2, 4, 6 checked
@@ -248,7 +239,7 @@ TEST_F(Health, HangIsNamedByTheFlightRecorder) {
   cfg.parallel.timeout_s = 1.0;
   cfg.health.inject = {"hang:rank=1,step=4,seconds=3"};
   auto errors = run_ranks(3, 1.0, [&](int, comm::Communicator& c) {
-    Trainer t(cfg, corpus(), &c);
+    Trainer t(cfg, pangram_corpus(), &c);
     HealthMonitor mon(t, cfg.health, dir.string());
     while (t.step() < cfg.train.steps) t.train_step();
   });
@@ -268,7 +259,7 @@ TEST_F(Health, NanStepIsSkippedAndTrainingGoesOn) {
   std::vector<std::vector<bool>> applied(2);
   std::vector<uint64_t> hash(2);
   auto errors = run_ranks(2, 30, [&](int r, comm::Communicator& c) {
-    Trainer t(cfg, corpus(), &c);
+    Trainer t(cfg, pangram_corpus(), &c);
     HealthMonitor mon(t, cfg.health, "");
     while (t.step() < cfg.train.steps) applied[static_cast<size_t>(r)].push_back(t.train_step().applied);
     hash[static_cast<size_t>(r)] = state_hash(t);
@@ -283,7 +274,7 @@ TEST_F(Health, NanStepIsSkippedAndTrainingGoesOn) {
   EXPECT_EQ(hash[0], hash[1]);
   // Without the guard the same step is an error.
   cfg.health.guard = false;
-  Trainer t(cfg, corpus(), nullptr);
+  Trainer t(cfg, pangram_corpus(), nullptr);
   cfg.health.inject = {"nan:rank=0,step=2"};
   HealthMonitor mon(t, cfg.health, "");
   t.train_step();
@@ -298,7 +289,7 @@ TEST_F(Health, RepeatedNanRollsBackToTheLastCheckpoint) {
   cfg.checkpoint.every_steps = 4;
   cfg.checkpoint.at_end = false;
   cfg.health.inject = {"nan:rank=0,step=6,count=2"};
-  Trainer t(cfg, corpus(), nullptr);
+  Trainer t(cfg, pangram_corpus(), nullptr);
   HealthMonitor mon(t, cfg.health, "");
   CheckpointingHooks hooks;
   hooks.durable = false;
@@ -322,7 +313,7 @@ TEST_F(Health, RepeatedNanRollsBackToTheLastCheckpoint) {
   // Without a checkpoint the rollback is a clear error.
   TrainConfig bare = tiny_config();
   bare.health.inject = {"nan:rank=0,step=2,count=2"};
-  Trainer t2(bare, corpus(), nullptr);
+  Trainer t2(bare, pangram_corpus(), nullptr);
   HealthMonitor mon2(t2, bare.health, "");
   t2.train_step();
   t2.train_step();
@@ -339,7 +330,7 @@ TEST_F(Health, StragglerIsNamed) {
   cfg.health.inject = {"slow:rank=2,factor=8"};
   std::vector<std::vector<HealthEvent>> events(3);
   auto errors = run_ranks(3, 30, [&](int r, comm::Communicator& c) {
-    Trainer t(cfg, corpus(), &c);
+    Trainer t(cfg, pangram_corpus(), &c);
     HealthMonitor mon(t, cfg.health, "");
     while (t.step() < cfg.train.steps) t.train_step();
     events[static_cast<size_t>(r)] = mon.events();
@@ -360,7 +351,7 @@ TEST_F(Health, MetricsAreScrapedDuringARun) {
   cfg.health.metrics_port = -1;  // any free port
   std::vector<std::string> scrapes(2);
   auto errors = run_ranks(2, 30, [&](int r, comm::Communicator& c) {
-    Trainer t(cfg, corpus(), &c);
+    Trainer t(cfg, pangram_corpus(), &c);
     HealthMonitor mon(t, cfg.health, "");
     while (t.step() < cfg.train.steps) {
       t.train_step();

@@ -14,20 +14,11 @@
 #include "train/parallel_mesh.hpp"
 #include "train/pipeline_trainer.hpp"
 #include "train/trainer.hpp"
+#include "tests/train/pangram_corpus.hpp"
 
 namespace braid::train::mesh_test {
 
-inline const TokenDataset& corpus() {
-  static const TokenDataset ds = [] {
-    std::string text;
-    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ", "pack my box with five dozen liquor jugs! ",
-                           "how vexingly quick daft zebras jump; ", "sphinx of black quartz, judge my vow. "};
-    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
-    std::vector<uint16_t> tokens(text.begin(), text.end());
-    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
-  }();
-  return ds;
-}
+using test::pangram_corpus;
 
 inline TrainConfig tiny_config() {
   TrainConfig c;
@@ -69,7 +60,7 @@ inline std::vector<MeshResult> run_mesh(const TrainConfig& cfg, int steps) {
       try {
         comm::Communicator comm(net::connect_inproc(hub, r));
         ParallelMesh mesh(&comm, shape);
-        PipelineTrainer t(cfg, corpus(), mesh);
+        PipelineTrainer t(cfg, pangram_corpus(), mesh);
         auto& out = results[static_cast<size_t>(r)];
         out.coords = mesh.coords();
         for (int s = 0; s < steps; ++s) {
@@ -101,7 +92,7 @@ inline SingleResult run_single(TrainConfig cfg, int steps) {
   cfg.train.batch_size *= cfg.parallel.dp ? cfg.parallel.dp : 1;
   cfg.train.grad_accum = pipeline_microbatches(cfg.train, cfg.parallel);
   cfg.parallel = ParallelConfig{};
-  Trainer t(cfg, corpus(), nullptr);
+  Trainer t(cfg, pangram_corpus(), nullptr);
   SingleResult out;
   for (int s = 0; s < steps; ++s) out.losses.push_back(t.train_step().loss);
   out.val_loss = *t.evaluate();

@@ -12,23 +12,12 @@
 #include "net/mesh.hpp"
 #include "train/compute_threads.hpp"
 #include "train/trainer.hpp"
+#include "tests/train/pangram_corpus.hpp"
 
 namespace braid::train {
 namespace {
 
-const TokenDataset& corpus() {
-  static const TokenDataset ds = [] {
-    std::string text;
-    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ",
-                           "pack my box with five dozen liquor jugs! ",
-                           "how vexingly quick daft zebras jump; ",
-                           "sphinx of black quartz, judge my vow. "};
-    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
-    std::vector<uint16_t> tokens(text.begin(), text.end());
-    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
-  }();
-  return ds;
-}
+using test::pangram_corpus;
 
 TrainConfig tiny_config() {
   TrainConfig c;
@@ -57,13 +46,13 @@ TEST_F(TrainLoop, SameSeedGivesBitIdenticalLosses) {
   cfg.train.grad_accum = 2;
   std::vector<double> first, second;
   for (auto* out : {&first, &second}) {
-    Trainer t(cfg, corpus(), nullptr);
+    Trainer t(cfg, pangram_corpus(), nullptr);
     for (int i = 0; i < 6; ++i) out->push_back(t.train_step().loss);
     out->push_back(*t.evaluate());
   }
   EXPECT_EQ(first, second);  // exact, not approximate
   cfg.train.seed = 4321;
-  Trainer other(cfg, corpus(), nullptr);
+  Trainer other(cfg, pangram_corpus(), nullptr);
   EXPECT_NE(other.train_step().loss, first[0]);
 }
 
@@ -71,7 +60,7 @@ TEST_F(TrainLoop, LossFallsOnLearnableText) {
   auto cfg = tiny_config();
   cfg.train.steps = 60;
   cfg.train.batch_size = 8;
-  Trainer t(cfg, corpus(), nullptr);
+  Trainer t(cfg, pangram_corpus(), nullptr);
   double start = *t.evaluate();
   StepMetrics m;
   for (int i = 0; i < 60; ++i) m = t.train_step();
@@ -92,7 +81,7 @@ TEST_F(TrainLoop, ObserverCanVetoAnUpdate) {
     bool before_optimizer_apply(Trainer& t, const StepMetrics&) override { return t.step() != 0; }
     void after_step(Trainer&, const StepMetrics&) override { ++afters; }
   } veto;
-  Trainer t(tiny_config(), corpus(), nullptr);
+  Trainer t(tiny_config(), pangram_corpus(), nullptr);
   t.add_observer(&veto);
   auto before = t.model().params().params().clone();
   auto m = t.train_step();
@@ -134,7 +123,7 @@ std::vector<RankResult> run_ranks(const TrainConfig& cfg, int world, int steps,
     threads.emplace_back([&, r] {
       try {
         comm::Communicator comm(net::connect_inproc(hub, r));
-        Trainer t(cfg, corpus(), &comm);
+        Trainer t(cfg, pangram_corpus(), &comm);
         FirstGradients first;
         t.add_observer(&first);
         auto& out = results[static_cast<size_t>(r)];
@@ -158,7 +147,7 @@ std::vector<RankResult> run_ranks(const TrainConfig& cfg, int world, int steps,
 }
 
 RankResult run_single(const TrainConfig& cfg, int steps) {
-  Trainer t(cfg, corpus(), nullptr);
+  Trainer t(cfg, pangram_corpus(), nullptr);
   FirstGradients first;
   t.add_observer(&first);
   RankResult out;

@@ -21,21 +21,12 @@
 #include "train/checkpointing.hpp"
 #include "train/compute_threads.hpp"
 #include "train/trainer.hpp"
+#include "tests/train/pangram_corpus.hpp"
 
 namespace braid::train {
 namespace {
 
-const TokenDataset& corpus() {
-  static const TokenDataset ds = [] {
-    std::string text;
-    const char* lines[] = {"the quick brown fox jumps over the lazy dog. ", "pack my box with five dozen liquor jugs! ",
-                           "how vexingly quick daft zebras jump; ", "sphinx of black quartz, judge my vow. "};
-    for (int i = 0; i < 400; ++i) text += lines[(i * 7) % 4];
-    std::vector<uint16_t> tokens(text.begin(), text.end());
-    return TokenDataset::from_tokens(std::move(tokens), 0.1, 16, 256, "<pangrams>");
-  }();
-  return ds;
-}
+using test::pangram_corpus;
 
 TrainConfig tiny_config() {
   TrainConfig c;
@@ -83,7 +74,7 @@ std::vector<RankResult> run_ranks(const TrainConfig& cfg, int world, int steps) 
     threads.emplace_back([&, r] {
       try {
         comm::Communicator comm(net::connect_inproc(hub, r));
-        Trainer t(cfg, corpus(), &comm);
+        Trainer t(cfg, pangram_corpus(), &comm);
         RankResult out;
         for (int s = 0; s < steps; ++s) {
           auto m = t.train_step();
@@ -103,7 +94,7 @@ std::vector<RankResult> run_ranks(const TrainConfig& cfg, int world, int steps) 
 }
 
 RankResult run_single(const TrainConfig& cfg, int steps) {
-  Trainer t(cfg, corpus(), nullptr);
+  Trainer t(cfg, pangram_corpus(), nullptr);
   RankResult out;
   for (int s = 0; s < steps; ++s) {
     auto m = t.train_step();
@@ -264,7 +255,7 @@ TEST_F(ZeroTest, CheckpointLoadsUnderAnotherStageAndWorldSize) {
       threads.emplace_back([&, r] {
         try {
           comm::Communicator comm(net::connect_inproc(hub, r));
-          Trainer t(c, corpus(), &comm);
+          Trainer t(c, pangram_corpus(), &comm);
           CheckpointingHooks hooks;
           hooks.durable = false;
           hooks.stop_requested = [] { return false; };
