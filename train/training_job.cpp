@@ -54,6 +54,12 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   if (config.diloco.enabled && config.fault.enabled)
     throw ConfigError("[diloco] and [fault] cannot be enabled together yet",
                       "replicas joining and leaving between outer steps is not implemented (docs/diloco.md)");
+  if (config.diloco.enabled && (config.checkpoint.enabled() || options.resume))
+    throw ConfigError("checkpoints are not supported with [diloco] yet: between outer steps the replicas hold "
+                      "different parameters, and the outer optimizer's state (the parameters of the last sync and "
+                      "the Nesterov momentum) is not saved, so every replica would write its own state into the "
+                      "same checkpoint directory and a resume would lose the outer state",
+                      "remove checkpoint.dir (and --resume) from a DiLoCo job, or train without [diloco]");
   if (config.diloco.enabled) diloco_groups.emplace(DilocoGroups::make(config.diloco, comm));
   Trainer trainer(config, data, diloco_groups ? diloco_groups->inner.get() : comm);
   trainer.set_job_peak_flops(summary.job_peak_flops);

@@ -95,6 +95,19 @@ TEST_F(TrainCli, MissingDataFileFailsNamingIt) {
   EXPECT_NE(r.output.find("hint"), std::string::npos) << r.output;
 }
 
+// Every DiLoCo replica would write its own, different state into the one
+// checkpoint directory, and the outer optimizer's state is not saved: refused
+// before anything is written.
+TEST_F(TrainCli, DilocoWithCheckpointsIsAClearError) {
+  auto cfg = write_config();
+  auto r = run(kBraid + " train " + cfg + " --set diloco.enabled=true --set diloco.inner_steps=2 --set checkpoint.dir=" +
+               dir_ + "/ckpt");
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("[diloco]"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("checkpoint.dir"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ + "/ckpt/latest")) << "nothing saved";
+}
+
 TEST_F(TrainCli, DataShorterThanOneContextFails) {
   std::ofstream(dir_ + "/tiny.txt") << "too short";
   auto cfg = write_config("", dir_ + "/tiny.txt");
