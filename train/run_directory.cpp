@@ -41,14 +41,14 @@ std::string metrics_json(const StepMetrics& m) {
   return j.dump();
 }
 
-RunDirectory::RunDirectory(std::string path) : path_(std::move(path)) {
+RunDirectory::RunDirectory(std::string path, bool append) : path_(std::move(path)) {
   std::error_code ec;
   fs::create_directories(path_, ec);
   if (ec || !fs::is_directory(path_))
     throw IoError(fmt::format("cannot create run directory '{}': {}", path_, ec.message()),
                   "choose another run.dir (--set run.dir=PATH) or check permissions");
   std::string metrics = path_ + "/metrics.jsonl";
-  metrics_ = std::fopen(metrics.c_str(), "w");
+  metrics_ = std::fopen(metrics.c_str(), append ? "a" : "w");
   if (!metrics_) throw IoError(fmt::format("cannot write '{}'", metrics), "check permissions and free space");
 }
 

@@ -23,7 +23,9 @@ std::string metrics_json(const StepMetrics& m);
 class RunDirectory {
  public:
   // Creates the directory (and parents); throws IoError with a hint.
-  explicit RunDirectory(std::string path);
+  // append: continue an existing metrics.jsonl instead of starting it anew
+  // (a fault-tolerant job's lead worker restarted by the launcher).
+  explicit RunDirectory(std::string path, bool append = false);
   ~RunDirectory();
   RunDirectory(const RunDirectory&) = delete;
   RunDirectory& operator=(const RunDirectory&) = delete;

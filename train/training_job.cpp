@@ -8,6 +8,7 @@
 #include "ckpt/checkpoint_dir.hpp"
 #include "ckpt/save_schedule.hpp"
 #include "core/clock.hpp"
+#include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/process_group.hpp"
@@ -89,8 +90,13 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
 
   std::unique_ptr<RunDirectory> run_dir;
   if (lead && options.write_run_dir) {
+    // A lead restarted by the launcher (fault tolerance) continues the run's
+    // metrics, which its first life wrote, instead of starting them anew.
+    const bool restarted = config.fault.enabled && env::get_int("BRAID_RESTART_COUNT", 0) > 0 && !config.run.dir.empty();
     run_dir = std::make_unique<RunDirectory>(config.run.dir.empty() ? default_run_dir(config.run.name)
-                                                                    : config.run.dir);
+                                                                    : config.run.dir,
+                                             restarted);
+    if (restarted) log::info("restarted lead worker: appending to {}/metrics.jsonl", run_dir->path());
     summary.run_dir = run_dir->path();
     run_dir->write_file("config.toml", config.to_toml());
   }

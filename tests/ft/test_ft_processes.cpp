@@ -369,6 +369,32 @@ TEST_F(FaultTolerantTraining, LauncherRestartsAKilledWorkerWhichHeals) {
   for (const std::string r : {"0", "1"}) EXPECT_FALSE(committed_with(ev[r], 2)) << r;
 }
 
+// The lead worker (launch slot 0, which writes the run directory) killed and
+// restarted: it heals like any other, and its second life continues the
+// run's metrics.jsonl instead of starting it anew, then writes summary.json.
+TEST_F(FaultTolerantTraining, RestartedLeadKeepsTheRunsMetrics) {
+  const int steps = 30;
+  auto cfg = config(steps);
+  Background job;
+  job.start(env("kill:0@8", 0) + kBraid + " launch --nproc 3 --max-restarts 1 --min-replicas 3 " + kTimeouts +
+                " -- " + kBraid + " train " + cfg,
+            dir_ + "/launch.log");
+  ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
+  const std::string log = slurp(dir_ + "/launch.log");
+  ASSERT_EQ(job.code, 0) << log;
+  auto ev = events();
+  expect_same_final_state(ev, {"0", "1", "2"}, steps);
+  EXPECT_EQ(check_history("0", ev["0"], steps), 2) << "replica 0 had two lives";
+  ASSERT_NE(find(ev["0"], "heal"), nullptr) << log;
+  std::set<int64_t> seen;
+  std::ifstream metrics(dir_ + "/run/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);)
+    if (!line.empty()) seen.insert(json::parse(line).at("step").get<int64_t>());
+  EXPECT_TRUE(seen.count(1)) << "the first life's steps are kept";
+  EXPECT_TRUE(seen.count(steps)) << "the second life's steps follow";
+  EXPECT_TRUE(fs::exists(dir_ + "/run/summary.json")) << log;
+}
+
 // Three "hosts" (network namespaces joined by a bridge, scripts/netns-hosts),
 // a standalone coordinator on host 0, one worker per host. Host 2's link goes
 // down in the middle of the run: the others evict it after the heartbeat death
