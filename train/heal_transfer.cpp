@@ -1,9 +1,13 @@
 #include "train/heal_transfer.hpp"
 
 #include <fmt/format.h>
+#include <sys/mman.h>
 
 #include <algorithm>
-#include <deque>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <new>
 #include <nlohmann/json.hpp>
 
 #include "core/checksum.hpp"
@@ -17,10 +21,12 @@ namespace {
 // which carries nothing else while a quorum heals).
 constexpr uint32_t kHealHeaderSize = 0x48450001u;
 constexpr uint32_t kHealHeader = 0x48450002u;
-constexpr uint32_t kHealChunk = 0x48460000u;        // + chunk index
-constexpr uint64_t kMaxChunks = 0xffffffffu - kHealChunk;
+constexpr uint32_t kHealPiece = 0x48460000u;        // + piece index
+constexpr uint64_t kMaxPieces = 0xffffffffu - kHealPiece;
 constexpr uint64_t kMaxHeaderBytes = 64ull << 20;
-constexpr int kWireVersion = 1;
+constexpr uint64_t kMaxPieceBytes = 64ull << 20;
+constexpr int kWireVersion = 2;
+constexpr size_t kHugePage = 2u << 20;
 
 struct Chunk {
   const char* data = nullptr;  // sender: the bytes; receiver: where they land
@@ -36,11 +42,82 @@ std::vector<Chunk> chunks_of(const std::vector<ckpt::HeldBuffer>& held, uint64_t
     const uint64_t n = h.range.size();
     for (uint64_t off = 0; off < n; off += chunk_bytes) out.push_back({base + off, std::min(chunk_bytes, n - off)});
   }
-  if (out.size() > kMaxChunks)
-    throw ConfigError(fmt::format("the training state needs {} healing chunks, more than the {} tags available",
-                                  out.size(), kMaxChunks),
+  return out;
+}
+
+// What goes over the wire: every chunk cut into pieces of at most
+// piece_bytes, each its own message (tag kHealPiece + index), staged through
+// the bounce buffer on both sides.
+struct Piece {
+  size_t chunk = 0;     // index into the chunk list
+  uint64_t offset = 0;  // within the chunk
+  uint64_t bytes = 0;
+  bool last = false;    // the chunk's last piece
+};
+
+std::vector<Piece> pieces_of(const std::vector<Chunk>& chunks, uint64_t piece_bytes) {
+  std::vector<Piece> out;
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    const uint64_t n = chunks[c].bytes;
+    for (uint64_t off = 0; off < n; off += piece_bytes) {
+      const uint64_t b = std::min(piece_bytes, n - off);
+      out.push_back({c, off, b, off + b == n});
+    }
+  }
+  if (out.size() > kMaxPieces)
+    throw ConfigError(fmt::format("the training state needs {} healing messages, more than the {} tags available",
+                                  out.size(), kMaxPieces),
                       "raise fault.heal_chunk");
   return out;
+}
+
+// The staging memory of one side of a transfer: `slots` buffers of `slot_bytes`
+// in one 2 MiB-aligned block that asks for transparent huge pages.
+// (Why stage at all: see heal_transfer.hpp. The kernel's first access to a
+// page of this process is what costs, so the slots sit on huge pages.)
+class Bounce {
+ public:
+  Bounce(size_t slots, size_t slot_bytes) : slots_(slots), slot_bytes_(slot_bytes) {
+    bytes_ = (slots * slot_bytes + kHugePage - 1) / kHugePage * kHugePage;
+    base_ = static_cast<char*>(std::aligned_alloc(kHugePage, bytes_));
+    if (!base_) throw std::bad_alloc();
+    (void)madvise(base_, bytes_, MADV_HUGEPAGE);  // advice: without THP the slots are plain pages
+  }
+  ~Bounce() { std::free(base_); }
+  Bounce(const Bounce&) = delete;
+  Bounce& operator=(const Bounce&) = delete;
+  size_t slots() const { return slots_; }
+  char* slot(size_t i) { return base_ + (i % slots_) * slot_bytes_; }
+
+ private:
+  size_t slots_, slot_bytes_, bytes_ = 0;
+  char* base_ = nullptr;
+};
+
+// While the transport may still read or write a bounce buffer, an exception
+// must not free the buffer under it: aborting the communicator first fails
+// every pending operation, and the transport lets go of their buffers. (A
+// failed operation has already done so: its failure aborts the communicator.)
+class AbortOnUnwind {
+ public:
+  explicit AbortOnUnwind(comm::Communicator& comm) : comm_(comm), uncaught_(std::uncaught_exceptions()) {}
+  ~AbortOnUnwind() {
+    if (std::uncaught_exceptions() <= uncaught_) return;
+    try {
+      comm_.abort("a heal transfer failed");
+    } catch (...) {
+    }
+  }
+  AbortOnUnwind(const AbortOnUnwind&) = delete;
+  AbortOnUnwind& operator=(const AbortOnUnwind&) = delete;
+
+ private:
+  comm::Communicator& comm_;
+  int uncaught_;
+};
+
+size_t slot_count(int window, size_t pieces) {
+  return std::max<size_t>(1, std::min<size_t>(static_cast<size_t>(std::max(1, window)), pieces));
 }
 
 nlohmann::json layout_json(const ckpt::StateLayout& layout) {
@@ -84,14 +161,19 @@ HealStats send_training_state(comm::Communicator& comm, const TrainState& state,
   if (options.chunk_bytes == 0) throw ConfigError("the healing chunk size must be positive");
   Stopwatch clock;
   const Deadline deadline = Deadline::in_seconds(options.timeout_s);
+  if (options.piece_bytes == 0 || options.piece_bytes > kMaxPieceBytes)
+    throw ConfigError(fmt::format("the healing message size must be between 1 and {} bytes", kMaxPieceBytes));
   const auto held = state.held();
   const auto chunks = chunks_of(held, options.chunk_bytes);
+  const uint64_t piece_bytes = std::min(options.piece_bytes, options.chunk_bytes);
+  const auto pieces = pieces_of(chunks, piece_bytes);
 
   // One hash pass, shared by all targets.
   nlohmann::json header;
   header["version"] = kWireVersion;
   header["layout"] = layout_json(state.layout());
   header["chunk_bytes"] = options.chunk_bytes;
+  header["piece_bytes"] = piece_bytes;
   std::vector<std::string> hashes;
   hashes.reserve(chunks.size());
   for (const auto& c : chunks) hashes.push_back(hex64(xxh3_64(c.data, c.bytes)));
@@ -101,28 +183,32 @@ HealStats send_training_state(comm::Communicator& comm, const TrainState& state,
   const std::string text = header.dump();
   const uint64_t text_bytes = text.size();
 
-  std::deque<comm::Work> in_flight;
-  const size_t window = static_cast<size_t>(std::max(1, options.window)) * targets.size();
-  auto post = [&](comm::Work w) {
-    in_flight.push_back(std::move(w));
-    while (in_flight.size() > window) {
-      in_flight.front().wait();
-      in_flight.pop_front();
-    }
-  };
+  std::vector<comm::Work> head;
   for (int t : targets) {
-    post(comm.send(&text_bytes, sizeof text_bytes, t, kHealHeaderSize, until(deadline)));
-    post(comm.send(text.data(), text.size(), t, kHealHeader, until(deadline)));
+    head.push_back(comm.send(&text_bytes, sizeof text_bytes, t, kHealHeaderSize, until(deadline)));
+    head.push_back(comm.send(text.data(), text.size(), t, kHealHeader, until(deadline)));
   }
-  for (size_t i = 0; i < chunks.size(); ++i)
+  // Each piece is copied into a free slot once and sent from there to every
+  // target; a slot is refilled when all its sends completed (the transport
+  // has taken the bytes).
+  Bounce bounce(slot_count(options.window, pieces.size()), piece_bytes);
+  AbortOnUnwind guard(comm);  // destroyed before the bounce buffer
+  std::vector<std::vector<comm::Work>> busy(bounce.slots());
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    auto& sends = busy[i % bounce.slots()];
+    for (auto& w : sends) w.wait();
+    sends.clear();
+    const Piece& p = pieces[i];
+    char* slot = bounce.slot(i);
+    std::memcpy(slot, chunks[p.chunk].data + p.offset, p.bytes);
     for (int t : targets) {
-      post(comm.send(chunks[i].data, chunks[i].bytes, t, kHealChunk + static_cast<uint32_t>(i), until(deadline)));
-      stats.bytes += chunks[i].bytes;
+      sends.push_back(comm.send(slot, p.bytes, t, kHealPiece + static_cast<uint32_t>(i), until(deadline)));
+      stats.bytes += p.bytes;
     }
-  while (!in_flight.empty()) {
-    in_flight.front().wait();
-    in_flight.pop_front();
   }
+  for (auto& w : head) w.wait();
+  for (auto& sends : busy)
+    for (auto& w : sends) w.wait();
   stats.chunks = chunks.size() * targets.size();
   stats.seconds = clock.seconds();
   return stats;
@@ -145,7 +231,7 @@ HealStats receive_training_state(comm::Communicator& comm, TrainState& state, in
 
   nlohmann::json header;
   ckpt::StateLayout theirs;
-  uint64_t chunk_bytes = 0;
+  uint64_t chunk_bytes = 0, piece_bytes = 0;
   std::vector<std::string> hashes;
   StateBlobs blobs;
   try {
@@ -156,6 +242,7 @@ HealStats receive_training_state(comm::Communicator& comm, TrainState& state, in
                         "run the same braid build on every worker");
     theirs = layout_from_json(header.at("layout"));
     chunk_bytes = header.at("chunk_bytes").get<uint64_t>();
+    piece_bytes = header.at("piece_bytes").get<uint64_t>();
     hashes = header.at("chunks").get<std::vector<std::string>>();
     blobs.global = header.at("blobs").get<std::map<std::string, std::string>>();
   } catch (const nlohmann::json::exception& e) {
@@ -166,6 +253,8 @@ HealStats receive_training_state(comm::Communicator& comm, TrainState& state, in
     throw ConfigError(fmt::format("cannot heal from rank {}: the training state differs: {}", source, *diff),
                       "every worker of a job must run the same model configuration");
   if (chunk_bytes == 0) throw CorruptData(fmt::format("{} has a zero chunk size", from));
+  if (piece_bytes == 0 || piece_bytes > kMaxPieceBytes)
+    throw CorruptData(fmt::format("{} has a message size of {} bytes", from, piece_bytes));
 
   auto targets = state.read_targets();
   std::vector<ckpt::HeldBuffer> as_held;
@@ -174,22 +263,34 @@ HealStats receive_training_state(comm::Communicator& comm, TrainState& state, in
   if (chunks.size() != hashes.size())
     throw CorruptData(fmt::format("{} lists {} chunks where this worker's state has {}", from, hashes.size(),
                                   chunks.size()));
+  const auto pieces = pieces_of(chunks, piece_bytes);
 
-
-  // Every receive is posted at once: chunks land in place as they arrive.
-  std::vector<comm::Work> works;
-  works.reserve(chunks.size());
-  for (size_t i = 0; i < chunks.size(); ++i)
-    works.push_back(comm.recv(const_cast<char*>(chunks[i].data), chunks[i].bytes, source,
-                              kHealChunk + static_cast<uint32_t>(i), until(deadline)));
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    works[i].wait();
-    const std::string got = hex64(xxh3_64(chunks[i].data, chunks[i].bytes));
-    if (got != hashes[i])
-      throw CorruptData(fmt::format("{}: chunk {} of {} ({} bytes) has xxh3 {} but the sender computed {}", from, i,
-                                    chunks.size(), chunks[i].bytes, got, hashes[i]),
+  // A receive is posted into every slot of the bounce buffer; each piece is
+  // copied into place as it lands and its slot takes the next receive. A
+  // chunk is verified once its last piece is in place. Twice the sender's
+  // window of slots: a piece that arrived before its receive was posted would
+  // be buffered by the transport in fresh memory.
+  Bounce bounce(slot_count(2 * std::max(1, options.window), pieces.size()), piece_bytes);
+  AbortOnUnwind guard(comm);  // destroyed before the bounce buffer
+  std::vector<comm::Work> works(bounce.slots());
+  auto post = [&](size_t i) {
+    works[i % bounce.slots()] = comm.recv(bounce.slot(i), pieces[i].bytes, source,
+                                          kHealPiece + static_cast<uint32_t>(i), until(deadline));
+  };
+  for (size_t i = 0; i < bounce.slots(); ++i) post(i);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    works[i % bounce.slots()].wait();
+    const Piece& p = pieces[i];
+    std::memcpy(const_cast<char*>(chunks[p.chunk].data) + p.offset, bounce.slot(i), p.bytes);
+    if (i + bounce.slots() < pieces.size()) post(i + bounce.slots());
+    if (!p.last) continue;
+    const Chunk& c = chunks[p.chunk];
+    const std::string got = hex64(xxh3_64(c.data, c.bytes));
+    if (got != hashes[p.chunk])
+      throw CorruptData(fmt::format("{}: chunk {} of {} ({} bytes) has xxh3 {} but the sender computed {}", from,
+                                    p.chunk, chunks.size(), c.bytes, got, hashes[p.chunk]),
                         "the state is fetched again from a healthy peer at the next quorum");
-    stats.bytes += chunks[i].bytes;
+    stats.bytes += c.bytes;
   }
   state.restore(blobs);
   stats.chunks = chunks.size();
