@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -55,6 +56,7 @@ struct BenchRecoveryArgs {
   double timeout_s = 600;
   bool json = false;
   bool keep = false;
+  int repeats = 1;  // runs per fault; the table shows each column's median
 };
 
 std::string shell_quote(const std::string& s) {
@@ -103,6 +105,7 @@ struct FaultResult {
   double heal_rate = 0;        // bytes/s of the transfer (first header byte to last verified chunk)
   double heal_wait_s = 0;      // the joiner waiting for its peer to begin sending
   double rejoin_s = -1;        // fault -> the returning worker's first commit
+  int runs = 1;                // runs this row is the median of
   std::string dir;
 };
 
@@ -448,6 +451,30 @@ double tcp_allreduce_busbw(uint64_t bytes, std::string* error) {
   return best;
 }
 
+// One row from several runs of a fault: each column's median (the first
+// failure, if any run failed).
+FaultResult median_of_runs(const std::vector<FaultResult>& runs) {
+  for (const auto& r : runs)
+    if (!r.ok) return r;
+  auto med = [&](auto field) {
+    std::vector<double> v;
+    for (const auto& r : runs) v.push_back(static_cast<double>(field(r)));
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  };
+  FaultResult m = runs.front();
+  m.detect_s = med([](const FaultResult& r) { return r.detect_s; });
+  m.next_commit_s = med([](const FaultResult& r) { return r.next_commit_s; });
+  m.redone = static_cast<int>(std::lround(med([](const FaultResult& r) { return r.redone; })));
+  m.heal_bytes = static_cast<uint64_t>(med([](const FaultResult& r) { return r.heal_bytes; }));
+  m.heal_s = med([](const FaultResult& r) { return r.heal_s; });
+  m.heal_rate = med([](const FaultResult& r) { return r.heal_rate; });
+  m.heal_wait_s = med([](const FaultResult& r) { return r.heal_wait_s; });
+  m.rejoin_s = med([](const FaultResult& r) { return r.rejoin_s; });
+  m.runs = static_cast<int>(runs.size());
+  return m;
+}
+
 int run_bench_recovery(const BenchRecoveryArgs& a) {
   if (a.workers < 2) throw ConfigError("--workers must be at least 2", "a fault needs a survivor");
   if (a.at < 1 || a.at >= a.steps)
@@ -459,14 +486,25 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
       throw ConfigError("unknown fault '" + f + "'", "use kill, stop and/or cut (comma-separated)");
   const coord::Timeouts timeouts = coord::Timeouts::from_env();
 
+  if (a.repeats < 1) throw ConfigError("--repeats must be at least 1");
   std::vector<FaultResult> results;
+  std::map<std::string, std::vector<double>> heal_rates;  // every run's, per fault
   for (const auto& f : a.faults) {
-    if (!a.json) std::fprintf(stderr, "bench recovery: %s one of %d workers at step %d of %d...\n", f.c_str(),
-                              a.workers, a.at, a.steps);
-    results.push_back(f == "cut" ? run_cut(a, timeouts) : run_fault(a, f, timeouts));
-    if (results.back().dir.empty()) continue;
-    if (!a.keep && results.back().ok) fs::remove_all(results.back().dir);
-    else std::fprintf(stderr, "bench recovery: %s run kept in %s\n", f.c_str(), results.back().dir.c_str());
+    std::vector<FaultResult> runs;
+    for (int rep = 0; rep < a.repeats; ++rep) {
+      if (!a.json)
+        std::fprintf(stderr, "bench recovery: %s one of %d workers at step %d of %d (run %d of %d)...\n", f.c_str(),
+                     a.workers, a.at, a.steps, rep + 1, a.repeats);
+      runs.push_back(f == "cut" ? run_cut(a, timeouts) : run_fault(a, f, timeouts));
+      const FaultResult& r = runs.back();
+      if (r.ok && r.heal_bytes > 0) heal_rates[f].push_back(r.heal_rate);
+      if (!r.dir.empty()) {
+        if (!a.keep && r.ok) fs::remove_all(r.dir);
+        else std::fprintf(stderr, "bench recovery: %s run kept in %s\n", f.c_str(), r.dir.c_str());
+      }
+      if (!r.ok) break;  // a failed or skipped fault is reported as such
+    }
+    results.push_back(median_of_runs(runs));
   }
   uint64_t heal_bytes = 0;
   for (const auto& r : results) heal_bytes = std::max(heal_bytes, r.heal_bytes);
@@ -496,6 +534,8 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
       j["heal_wait_s"] = r.heal_wait_s;
       j["heal_vs_allreduce_busbw"] = busbw > 0 ? r.heal_rate / busbw : 0;
       j["rejoin_s"] = r.rejoin_s;
+      j["runs"] = r.runs;
+      j["heal_bytes_per_s_each_run"] = heal_rates[r.fault];
       j["next_commit_target_s"] = r.fault == "kill" ? kill_target : stop_target;
       out["faults"].push_back(j);
     }
@@ -523,6 +563,15 @@ int run_bench_recovery(const BenchRecoveryArgs& a) {
                 static_cast<double>(std::max<uint64_t>(heal_bytes, 1 << 20)) * 1e-6, busbw * 1e-6);
   else
     std::printf("# TCP all-reduce probe failed: %s\n", probe_error.c_str());
+  if (a.repeats > 1) {
+    std::printf("# each column is the median of %d runs; heal rate of each run:", a.repeats);
+    for (const auto& [f, v] : heal_rates) {
+      std::printf(" %s", f.c_str());
+      for (double x : v) std::printf(" %.0f", x * 1e-6);
+      std::printf(" MB/s;");
+    }
+    std::printf("\n");
+  }
   std::printf("# heal(MB/s): the transfer, from the header's first byte to the last verified chunk; wait(ms): the\n"
               "# joiner waiting before that for its peer to begin (finishing its quorum, hashing its chunks)\n");
   for (const auto& r : results)
@@ -556,6 +605,7 @@ std::function<int()> setup(CLI::App& bench) {
   cmd->add_option("--steps", a->steps, "Steps of each run")->capture_default_str();
   cmd->add_option("--at", a->at, "Step at which the last worker fails")->capture_default_str();
   cmd->add_option("--timeout", a->timeout_s, "Seconds one run may take")->capture_default_str();
+  cmd->add_option("--repeats", a->repeats, "Runs of each fault; each column shows the median")->capture_default_str();
   cmd->add_flag("--keep", a->keep, "Keep each run's directory (events, logs) and print it");
   cmd->add_flag("--json", a->json, "Print one JSON object");
   cmd->footer("Timeouts come from the environment (BRAID_HEARTBEAT_DEATH, ...; defaults otherwise), as braid launch\n"
