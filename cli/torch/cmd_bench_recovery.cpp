@@ -31,6 +31,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -39,6 +40,7 @@
 #include "cli/command.hpp"
 #include "coord/timeouts.hpp"
 #include "core/clock.hpp"
+#include "core/process_group.hpp"
 #include "core/error.hpp"
 
 namespace braid::cli {
@@ -238,44 +240,6 @@ FaultResult run_fault(const BenchRecoveryArgs& a, const std::string& fault, cons
   return r;
 }
 
-// A shell command in its own process group, its output in a file.
-struct Proc {
-  pid_t pid = -1;
-  int code = -1;
-  bool done = false;
-  void start(const std::string& cmd, const std::string& log) {
-    pid = fork();
-    if (pid < 0) throw Error("fork failed");
-    if (pid == 0) {
-      setpgid(0, 0);
-      std::string line = "exec env " + cmd + " >" + shell_quote(log) + " 2>&1";
-      execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-  }
-  bool poll() {
-    if (done || pid <= 0) return done;
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      done = true;
-      code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-    return done;
-  }
-  void stop() {
-    if (pid <= 0 || poll()) return;
-    kill(-pid, SIGTERM);
-    for (int i = 0; i < 30 && !poll(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (!poll()) {
-      kill(-pid, SIGKILL);
-      int status;
-      waitpid(pid, &status, 0);
-      done = true;
-    }
-  }
-  ~Proc() { stop(); }
-};
-
 bool shell_ok(const std::string& cmd) { return std::system(cmd.c_str()) == 0; }
 
 // scripts/netns-hosts beside the executable's build directory, or under the
@@ -325,36 +289,54 @@ FaultResult run_cut(const BenchRecoveryArgs& a, const coord::Timeouts& timeouts)
     r.error = "skipped: scripts/netns-hosts up failed (see " + r.dir + "/netns.log)";
     return r;
   }
-  auto in_host = [&](int i) { return "ip netns exec " + prefix + "-h" + std::to_string(i) + " "; };
-  const std::string exe = shell_quote(self_exe());
+  // Index 0 the coordinator, 1..N the workers; each one's output in its log file.
+  std::vector<std::ofstream> logs;
+  logs.emplace_back(r.dir + "/coordinator.log");
+  for (int i = 0; i < a.workers; ++i) logs.emplace_back(r.dir + "/worker" + std::to_string(i) + ".log");
+  ProcessGroup group([&](int index, std::string_view line) { logs[static_cast<size_t>(index)] << line << '\n'; });
+  auto in_host = [&](int i, std::vector<std::string> argv) {
+    argv.insert(argv.begin(), {"ip", "netns", "exec", prefix + "-h" + std::to_string(i), self_exe()});
+    return argv;
+  };
   // A secret of this run: workers bind to the namespaces' addresses.
-  const std::string secret = fmt::format("BRAID_JOB_SECRET=bench-recovery-{}-{} ", getpid(), now_ns());
-  std::string tenv;
-  for (const auto& [k, v] : timeouts.to_env(true)) tenv += k + "=" + v + " ";
-
-  Proc coordinator;
-  coordinator.start(in_host(0) + "env " + secret + exe + " coordinator --quiet --port 29500 --initial-replicas " +
-                        std::to_string(a.workers) +
-                        fmt::format(" --heartbeat-interval {} --heartbeat-death {} --quorum-wait {} --job-timeout {} "
-                                    "--collective-timeout {}",
-                                    timeouts.heartbeat_interval_s, timeouts.heartbeat_death_s, timeouts.quorum_wait_s,
-                                    timeouts.job_timeout_s, timeouts.collective_s),
-                    r.dir + "/coordinator.log");
-  std::vector<std::unique_ptr<Proc>> workers;
+  const std::pair<std::string, std::string> secret{"BRAID_JOB_SECRET",
+                                                   fmt::format("bench-recovery-{}-{}", getpid(), now_ns())};
+  ProcessSpec coordinator;
+  coordinator.label = "coordinator";
+  coordinator.env = {secret};
+  coordinator.argv = in_host(0, {"coordinator", "--quiet", "--port", "29500", "--initial-replicas",
+                                 std::to_string(a.workers), "--heartbeat-interval",
+                                 fmt::format("{}", timeouts.heartbeat_interval_s), "--heartbeat-death",
+                                 fmt::format("{}", timeouts.heartbeat_death_s), "--quorum-wait",
+                                 fmt::format("{}", timeouts.quorum_wait_s), "--job-timeout",
+                                 fmt::format("{}", timeouts.job_timeout_s), "--collective-timeout",
+                                 fmt::format("{}", timeouts.collective_s)});
+  group.spawn(coordinator);
   for (int i = 0; i < a.workers; ++i) {
-    std::string cmd = in_host(i) + "env " + secret + tenv + "BRAID_FT_EVENTS=" + shell_quote(events_dir) +
-                      " BRAID_TRANSPORT=tcp BRAID_COORDINATOR=10.77.0.1:29500 BRAID_RENDEZVOUS=10.77.0.1:29500 "
-                      "BRAID_RANK=" +
-                      std::to_string(i) + " BRAID_WORLD_SIZE=" + std::to_string(a.workers) + " " + exe + " train " +
-                      shell_quote(a.config) + " --set fault.enabled=true --set train.steps=" +
-                      std::to_string(a.steps) +
-                      " --set train.eval_every=0 --set train.sample_tokens=0 --set run.progress=false --set "
-                      "train.threads=1 --set run.dir=" +
-                      shell_quote(r.dir + "/run");
-    for (const auto& s : a.sets) cmd += " --set " + shell_quote(s);
-    workers.push_back(std::make_unique<Proc>());
-    workers.back()->start(cmd, r.dir + "/worker" + std::to_string(i) + ".log");
+    ProcessSpec w;
+    w.label = "worker " + std::to_string(i);
+    w.env = timeouts.to_env(true);
+    w.env.insert(w.env.end(), {secret,
+                               {"BRAID_FT_EVENTS", events_dir},
+                               {"BRAID_TRANSPORT", "tcp"},
+                               {"BRAID_COORDINATOR", "10.77.0.1:29500"},
+                               {"BRAID_RENDEZVOUS", "10.77.0.1:29500"},
+                               {"BRAID_RANK", std::to_string(i)},
+                               {"BRAID_WORLD_SIZE", std::to_string(a.workers)}});
+    std::vector<std::string> args = {"train", a.config, "--set", "fault.enabled=true", "--set",
+                                     "train.steps=" + std::to_string(a.steps), "--set", "train.eval_every=0",
+                                     "--set", "train.sample_tokens=0", "--set", "run.progress=false", "--set",
+                                     "train.threads=1", "--set", "run.dir=" + r.dir + "/run"};
+    for (const auto& set : a.sets) args.insert(args.end(), {"--set", set});
+    w.argv = in_host(i, std::move(args));
+    group.spawn(w);
   }
+  std::vector<std::optional<ProcessExit>> exits(static_cast<size_t>(a.workers) + 1);
+  auto workers_done = [&] {
+    for (int i = 1; i <= a.workers; ++i)
+      if (!exits[static_cast<size_t>(i)]) return false;
+    return true;
+  };
   const std::string victim = std::to_string(a.workers - 1);
   const std::string link = "ip -n " + prefix + "-h" + victim + " link set eth0 ";
   const auto start = std::chrono::steady_clock::now();
@@ -362,9 +344,9 @@ FaultResult run_cut(const BenchRecoveryArgs& a, const coord::Timeouts& timeouts)
   double t_fault = -1;
   bool link_down = false, link_back = false;
   for (;;) {
-    bool all_done = true;
-    for (auto& w : workers) all_done = w->poll() && all_done;
-    if (all_done) break;
+    // Output is pumped while waiting (up to 50 ms).
+    while (auto e = group.poll(50)) exits[static_cast<size_t>(e->index)] = e;
+    if (workers_done()) break;
     if (elapsed() > a.timeout_s) {
       if (link_down && !link_back) shell_ok(link + "up");
       r.error = fmt::format("the job did not finish within {:.0f} s (logs in {})", a.timeout_s, r.dir);
@@ -384,7 +366,7 @@ FaultResult run_cut(const BenchRecoveryArgs& a, const coord::Timeouts& timeouts)
             link_down = true;
             break;
           }
-        if (!link_down && workers.back()->poll()) {
+        if (!link_down && exits.back()) {
           r.error = "the worker to cut ended before step " + std::to_string(a.at) + " (logs in " + r.dir + ")";
           return r;
         }
@@ -406,12 +388,10 @@ FaultResult run_cut(const BenchRecoveryArgs& a, const coord::Timeouts& timeouts)
         }
       }
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   for (int i = 0; i < a.workers; ++i)
-    if (workers[static_cast<size_t>(i)]->code != 0) {
-      r.error = fmt::format("worker {} exited with {} (log: {}/worker{}.log)", i, workers[static_cast<size_t>(i)]->code,
-                            r.dir, i);
+    if (const auto& e = exits[static_cast<size_t>(i) + 1]; !e->ok()) {
+      r.error = fmt::format("worker {} {} (log: {}/worker{}.log)", i, e->describe(), r.dir, i);
       return r;
     }
   if (t_fault < 0) {
