@@ -26,10 +26,7 @@ build: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
 
 test: build
-	@# --repeat until-pass:2: a test that fails is run once more, and the suite fails
-	@# only if it fails twice. Known reason (README, "Tests"): an intermittent
-	@# deadlock of the first ring all-reduce with 3 ranks on 2 hosts (shm + tcp).
-	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --repeat until-pass:2 $(CTEST_ARGS)
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
 
 train: build
 	@./$(BUILD_DIR)/braid launch --nproc 2 -- ./$(BUILD_DIR)/braid train examples/default.toml

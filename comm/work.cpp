@@ -33,18 +33,26 @@ std::string message_of(const std::exception_ptr& e) {
 }  // namespace
 
 std::exception_ptr FailureState::fail(std::exception_ptr e, bool spread) {
+  std::exception_ptr first;
+  bool abort_now = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (error_) return error_;
-    error_ = e;
-    failed_.store(true, std::memory_order_release);
+    if (!error_) {
+      error_ = e;
+      failed_.store(true, std::memory_order_release);
+      log::debug("collective group failed: {}", message_of(e));
+    }
+    first = error_;
+    // A failure first recorded without spreading (a pair the transport lost)
+    // must still abort the mesh once an operation fails: that operation may
+    // leave receives posted on other pairs, into buffers its caller frees as
+    // soon as it sees the error.
+    if (spread && !spread_) abort_now = spread_ = true;
   }
-  const std::string msg = message_of(e);
-  log::debug("collective group failed: {}", msg);
-  if (spread) {
-    if (auto m = mesh_.lock()) m->abort(abort_kind_of(e), msg);
+  if (abort_now) {
+    if (auto m = mesh_.lock()) m->abort(abort_kind_of(first), message_of(first));
   }
-  return e;
+  return first;
 }
 
 std::exception_ptr FailureState::error() const {

@@ -38,9 +38,11 @@ struct OpDesc {
 class FailureState {
  public:
   explicit FailureState(std::weak_ptr<net::Mesh> mesh) : mesh_(std::move(mesh)) {}
-  // Records `e` if it is the first failure and, when `spread`, tells every
-  // peer (Mesh::abort with the matching kind), which also fails this rank's
-  // pending requests. Returns the failure that stands (the first one).
+  // Records `e` if it is the first failure and, when `spread` (and no earlier
+  // call spread), tells every peer (Mesh::abort with the kind of the failure
+  // that stands), which also fails this rank's pending requests, so no
+  // transport writes into a failed operation's buffers afterwards. Returns
+  // the failure that stands (the first one).
   //
   // A failed operation spreads (its peers may be waiting for it). A pair
   // failure reported by the transport is only recorded: the operation in
@@ -57,6 +59,7 @@ class FailureState {
   std::atomic<bool> failed_{false};
   mutable std::mutex mu_;
   std::exception_ptr error_;
+  bool spread_ = false;  // the mesh was aborted (mu_)
 };
 
 // The AbortKind that carries an error of this type to the peers.

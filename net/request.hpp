@@ -27,7 +27,14 @@ class Progress {
   // Returns false if the source cannot block: the caller then sleeps on
   // `word` alone, in short slices.
   virtual bool wait_for_activity(std::atomic<uint32_t>* word, uint32_t expected, int64_t timeout_ns) {
-    (void)word;
+    return wait_for_activity(&word, 1, expected, timeout_ns);
+  }
+  // The same for several words (waiting for whichever of several requests
+  // finishes first): returns once any of them no longer holds `expected`.
+  virtual bool wait_for_activity(std::atomic<uint32_t>* const* words, size_t n, uint32_t expected,
+                                 int64_t timeout_ns) {
+    (void)words;
+    (void)n;
     (void)expected;
     (void)timeout_ns;
     return false;
@@ -46,6 +53,12 @@ class Request {
   bool test();
   // Waits until complete; throws the failure, or braid::Timeout at `deadline`.
   void wait(const Deadline& deadline);
+  // Waits until `a` or `b` has finished (completed or failed: test() the one
+  // that did). Returns false if neither had by `deadline`. A pipeline that
+  // waits for its next receive while its send window is full uses this: a
+  // send completing must let it post the next send, or two ranks can each
+  // wait for a message the other holds back.
+  static bool wait_either(Request& a, Request& b, const Deadline& deadline);
   State state() const { return static_cast<State>(state_.load(std::memory_order_acquire)); }
   bool done() const { return state() != kPending; }
 

@@ -316,14 +316,16 @@ uint32_t ShmPair::arm_sleep() {
 
 void ShmPair::disarm_sleep() { word(my_sleepers_).fetch_sub(1, std::memory_order_seq_cst); }
 
-bool ShmProgress::wait_for_activity(std::atomic<uint32_t>* w, uint32_t expected, int64_t timeout_ns) {
-  if (no_waitv_.load(std::memory_order_relaxed) || pairs_.size() + 1 > FUTEX_WAITV_MAX) return false;
+bool ShmProgress::wait_for_activity(std::atomic<uint32_t>* const* words, size_t nwords, uint32_t expected,
+                                    int64_t timeout_ns) {
+  if (no_waitv_.load(std::memory_order_relaxed) || pairs_.size() + nwords > FUTEX_WAITV_MAX) return false;
   struct futex_waitv waiters[FUTEX_WAITV_MAX] = {};
   size_t n = 0;
-  waiters[n].val = expected;
-  waiters[n].uaddr = reinterpret_cast<uintptr_t>(w);
-  waiters[n].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
-  ++n;
+  for (size_t i = 0; i < nwords; ++i, ++n) {
+    waiters[n].val = expected;
+    waiters[n].uaddr = reinterpret_cast<uintptr_t>(words[i]);
+    waiters[n].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
+  }
   std::vector<ShmPair*> armed;
   armed.reserve(pairs_.size());
   for (ShmPair* p : pairs_) {
@@ -337,7 +339,9 @@ bool ShmProgress::wait_for_activity(std::atomic<uint32_t>* w, uint32_t expected,
   // Announced: anything the peers publish from now on rings. Look once more
   // so that what came just before is not slept through.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (!progress() && w->load(std::memory_order_acquire) == expected) {
+  bool unchanged = true;
+  for (size_t i = 0; i < nwords; ++i) unchanged = unchanged && words[i]->load(std::memory_order_acquire) == expected;
+  if (!progress() && unchanged) {
     timespec abs{};
     clock_gettime(CLOCK_MONOTONIC, &abs);
     int64_t ns = abs.tv_nsec + timeout_ns;

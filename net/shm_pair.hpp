@@ -221,7 +221,9 @@ class ShmProgress final : public Progress {
     for (ShmPair* p : pairs_) moved |= p->progress();
     return moved;
   }
-  bool wait_for_activity(std::atomic<uint32_t>* word, uint32_t expected, int64_t timeout_ns) override;
+  using Progress::wait_for_activity;
+  bool wait_for_activity(std::atomic<uint32_t>* const* words, size_t nwords, uint32_t expected,
+                         int64_t timeout_ns) override;
 
  private:
   std::vector<ShmPair*> pairs_;

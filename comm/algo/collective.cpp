@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include "comm/reduce.hpp"
+#include "core/error.hpp"
 #include "core/thread.hpp"
 #include "net/tcp_pair.hpp"
 
@@ -122,6 +123,27 @@ void Collective::wait(const net::RequestPtr& r) const {
     }
   }
   r->wait(deadline_);
+}
+
+void Collective::wait_either(const net::RequestPtr& a, const net::RequestPtr& b) const {
+  if (a->done() || b->done()) {
+    a->test();
+    b->test();
+    return;
+  }
+  net::Progress* progress = g_.mesh->progress();
+  if (progress && spin_ns > 0) {
+    const int64_t until = now_ns() + spin_ns;
+    for (uint32_t i = 1; !a->done() && !b->done(); ++i) {
+      if (!progress->progress()) cpu_relax();
+      if ((i & 31) == 0 && now_ns() > until) break;
+    }
+  }
+  if (!net::Request::wait_either(*a, *b, deadline_))
+    throw braid::Timeout("request did not complete before its deadline",
+                  "a peer is slow, hung or unreachable; raise the collective timeout if the link is slow");
+  a->test();
+  b->test();
 }
 
 void Collective::wait_all(std::vector<net::RequestPtr>& rs) const {

@@ -132,6 +132,9 @@ class Collective {
   // Waits for completion; throws the failure or Timeout at the deadline.
   void wait(const net::RequestPtr& r) const;
   void wait_all(std::vector<net::RequestPtr>& rs) const;
+  // Waits until `a` or `b` has finished (both non-null); rethrows a failure
+  // of either, or Timeout at the deadline.
+  void wait_either(const net::RequestPtr& a, const net::RequestPtr& b) const;
 
   // The same operation over a subset of this group (group ranks of this
   // collective, must include this rank), numbering its messages in `phase`.

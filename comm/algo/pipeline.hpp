@@ -10,7 +10,9 @@
 // Each message is a tiny state machine: posted -> arrived (reduced by the
 // transport's combiner) -> on_recv (e.g. the owner's avg division) ->
 // forwarded; the loop below advances whichever can advance and blocks only on
-// the oldest outstanding receive (or send, at the end).
+// the oldest outstanding receive (or, while the send window holds back a send
+// that could go, on that receive or the oldest send, whichever finishes
+// first; at the end, on the sends).
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -77,6 +79,16 @@ void run_pipeline(const Collective& c, size_t M, size_t lag, PostRecv&& post_rec
     }
     if (recv_done < recv_posted) {
       net::RequestPtr& r = recvs[recv_done % W];
+      // A full send window holding back a send that may go: wait for the
+      // receive or the oldest send, whichever comes first. Waiting for the
+      // receive alone can deadlock: this rank's next message is what the
+      // ring needs to bring that receive (seen with 3 ranks, shm + TCP,
+      // when a shm receiver buffered far ahead of its sends).
+      if (r && !r->done() && send_posted < M && send_posted < recv_done + lag && send_posted - send_done >= W &&
+          sends[send_done % W]) {
+        c.wait_either(r, sends[send_done % W]);
+        if (!r->done()) continue;  // a send finished: post the next one
+      }
       if (r) c.wait(r);
       r.reset();
       on_recv(recv_done);

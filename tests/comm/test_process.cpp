@@ -250,6 +250,50 @@ TEST_P(ProcessFaults, MismatchedCountsFailEveryRank) {
 INSTANTIATE_TEST_SUITE_P(Comm, ProcessFaults, ::testing::Values(kTcp, kShm, kTwoHosts),
                          [](const auto& info) { return info.param.name; });
 
+// Three ranks on two hosts (0 and 1 over shared memory, 2 over TCP), a fresh
+// mesh each round, 16 MiB ring all-reduces. The ring's pipeline used to wait
+// for its oldest receive even while a full send window held back the chunk
+// its right neighbour needed: when the shared-memory receiver had buffered
+// far ahead, every rank waited for the others (about one round in five on a
+// 2-core VM). 12 rounds catch that with probability ~0.93; the short
+// deadline keeps a stall from costing a minute.
+TEST(ProcessRing, MixedTransportRingAllReduceNeverStalls) {
+  const int n = 3;
+  for (int round = 0; round < 12; ++round) {
+    SCOPED_TRACE(round);
+    std::string dir = fresh_dir("mixring");
+    auto pids = fork_ranks(n, dir, [&](int r, net::FileStore& store) {
+      CommOptions opt;
+      opt.timeout_s = 15;
+      Communicator comm(net::connect_mesh(store, mesh_options(kTwoHosts, r, n)), opt);
+      std::vector<float> v(4 << 20);
+      for (int rep = 0; rep < 2; ++rep) {
+        for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>((i + static_cast<size_t>(r)) % 7);
+        try {
+          comm.all_reduce(v.data(), v.data(), v.size(), DType::F32, ReduceOp::Sum, {Algo::Ring}).wait();
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "rank %d: all-reduce %d failed: %s\n", r, rep, e.what());
+          return 4;
+        }
+        for (size_t i = 0; i < v.size(); ++i) {
+          float want = 0;
+          for (int q = 0; q < n; ++q) want += static_cast<float>((i + static_cast<size_t>(q)) % 7);
+          if (v[i] != want) {
+            std::fprintf(stderr, "rank %d: element %zu is %g, want %g\n", r, i, v[i], want);
+            return 3;
+          }
+        }
+      }
+      // Leave together (see ProcessSweep).
+      store.set(fmt::format("exit/{}", r), "1");
+      for (int q = 0; q < n; ++q) store.get(fmt::format("exit/{}", q), Deadline::in_seconds(30));
+      return 0;
+    });
+    ASSERT_EQ(wait_ranks(pids), std::vector<int>(static_cast<size_t>(n), 0));
+    std::filesystem::remove_all(dir);
+  }
+}
+
 class LargeRing : public ::testing::TestWithParam<std::tuple<TransportCase, int>> {};
 
 // With BRAID_TCP_LEND=1, large ring all-reduces over TCP lend their pages to

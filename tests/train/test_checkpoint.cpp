@@ -464,8 +464,10 @@ TEST_F(CheckpointLoop, BusyWriterIsSkippedOrWaitedForAndReported) {
       EXPECT_GT(get(m[1], "ckpt_wait_s"), 0);
       EXPECT_GE(get(m[1], "ckpt_blocked_s"), get(m[1], "ckpt_wait_s"));
       EXPECT_EQ(get(m[1], "ckpt_waited_total"), 1);
-      // Step 1's commit happened during the wait: reported on step 2's line.
-      EXPECT_EQ(get(m[1], "ckpt_committed_step"), 1);
+      // Step 1's commit happened during the wait: reported on step 2's line
+      // (or step 2's own, if the writer committed it before the line was
+      // made: seen on a loaded 2-core VM).
+      EXPECT_GE(get(m[1], "ckpt_committed_step"), 1);
       EXPECT_GT(get(m[1], "ckpt_write_s"), 0);
       EXPECT_EQ(runs[0].stats.last_committed_step, 2);
     }
