@@ -10,6 +10,8 @@
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "train/mesh_state.hpp"
+#include "train/pipeline_trainer.hpp"
 
 namespace braid::train {
 
@@ -29,42 +31,60 @@ ckpt::CheckpointOptions options_of(const CheckpointConfig& c, const Checkpointin
 
 }  // namespace
 
-Checkpointing::Checkpointing(Trainer& trainer, const CheckpointConfig& config, std::string run_config,
-                             std::shared_ptr<net::Store> store, CheckpointingHooks hooks)
-    : trainer_(trainer),
+Checkpointing::Checkpointing(std::unique_ptr<CheckpointState> state, Engine engine, const CheckpointConfig& config,
+                             std::string run_config, std::shared_ptr<net::Store> store, CheckpointingHooks hooks)
+    : engine_(std::move(engine)),
       config_(config),
       run_config_(std::move(run_config)),
       store_(std::move(store)),
       hooks_(std::move(hooks)),
-      state_(trainer) {
+      state_(std::move(state)) {
   if (!config_.enabled())
     throw ConfigError("checkpointing needs a directory", "set checkpoint.dir (a directory every rank can see)");
-  checkpointer_ = std::make_unique<ckpt::Checkpointer>(options_of(config_, hooks_), state_.layout(), state_.held(),
-                                                       trainer_.rank(), trainer_.world_size(), store_);
+  checkpointer_ = std::make_unique<ckpt::Checkpointer>(options_of(config_, hooks_), state_->layout(), state_->held(),
+                                                       engine_.rank, engine_.world, store_);
   last_save_ns_ = now_ns();
-  trainer_.add_observer(this);
 }
+
+Checkpointing::Checkpointing(Trainer& trainer, const CheckpointConfig& config, std::string run_config,
+                             std::shared_ptr<net::Store> store, CheckpointingHooks hooks)
+    : Checkpointing(std::make_unique<TrainState>(trainer),
+                    Engine{trainer.rank(), trainer.world_size(), trainer.config().train.steps,
+                           [&trainer] { return trainer.step(); }},
+                    config, std::move(run_config), std::move(store), std::move(hooks)) {
+  trainer.add_observer(this);
+}
+
+Checkpointing::Checkpointing(PipelineTrainer& trainer, const CheckpointConfig& config, std::string run_config,
+                             std::shared_ptr<net::Store> store, CheckpointingHooks hooks)
+    : Checkpointing(std::make_unique<MeshState>(trainer),
+                    Engine{trainer.mesh().world() ? trainer.mesh().world()->rank() : 0,
+                           trainer.mesh().world() ? trainer.mesh().world()->size() : 1, trainer.config().train.steps,
+                           [&trainer] { return trainer.step(); }},
+                    config, std::move(run_config), std::move(store), std::move(hooks)) {}
 
 // The Checkpointer's destructor waits for the save in flight, so a save
 // started just before an exception still commits (or fails) cleanly.
 Checkpointing::~Checkpointing() = default;
 
 std::optional<ckpt::LoadedCheckpoint> Checkpointing::resume() {
-  const bool lead = trainer_.rank() == 0;
+  const bool lead = engine_.rank == 0;
   ckpt::LoadOptions lo;
   lo.store = store_;
-  lo.rank = trainer_.rank();
-  lo.world = trainer_.world_size();
+  lo.rank = engine_.rank;
+  lo.world = engine_.world;
   lo.timeout_s = config_.commit_timeout_s;
-  auto loaded = ckpt::load_latest(config_.dir, state_.layout(), state_.read_targets(), lo);
+  auto loaded = ckpt::load_latest(config_.dir, state_->layout(), state_->read_targets(), lo);
   if (!loaded) {
     if (lead) log::info("resume: {} holds no checkpoint yet, starting from step 0", config_.dir);
     return std::nullopt;
   }
-  state_.restore({loaded->global_blobs, loaded->rank_blobs});
-  if (trainer_.step() != loaded->step)
+  state_->after_load();
+  state_->restore({loaded->global_blobs, loaded->rank_blobs});
+  const int64_t step = engine_.step();
+  if (step != loaded->step)
     throw CorruptData(fmt::format("checkpoint {} is of step {} but its training state says step {}", loaded->path,
-                                  loaded->step, trainer_.step()),
+                                  loaded->step, step),
                       "the checkpoint is inconsistent; move it aside to resume from the previous one");
   resumed_step_ = loaded->step;
   last_saved_step_ = loaded->step;
@@ -72,34 +92,56 @@ std::optional<ckpt::LoadedCheckpoint> Checkpointing::resume() {
   if (lead)
     log::info("resumed from {} at step {} (written by {} rank(s){})", loaded->path, loaded->step,
               loaded->saved_world,
-              loaded->saved_world != trainer_.world_size()
-                  ? fmt::format(", resharded to {}", trainer_.world_size())
+              loaded->saved_world != engine_.world
+                  ? fmt::format(", resharded to {}", engine_.world)
                   : "");
   return loaded;
 }
 
-void Checkpointing::after_backward(Trainer& t) {
-  // Local observations only; the loss all-reduce right after this seam makes
-  // them the same decision on every rank.
+uint32_t Checkpointing::due_requests() {
+  uint32_t bits = 0;
+  auto raise = [&](StepRequest r) { bits |= 1u << static_cast<uint32_t>(r); };
   const bool stop = hooks_.stop_requested ? hooks_.stop_requested() : ckpt::stop_requested();
-  if (stop) t.request(StepRequest::Stop);
+  if (stop) raise(StepRequest::Stop);
   bool time_due = false;
   if (hooks_.time_due) time_due = hooks_.time_due();
   else if (config_.every_minutes > 0)
     time_due = static_cast<double>(now_ns() - last_save_ns_) * 1e-9 >= config_.every_minutes * 60.0;
-  if (time_due) t.request(StepRequest::Checkpoint);
+  if (time_due) raise(StepRequest::Checkpoint);
+  return bits;
 }
 
-void Checkpointing::after_step(Trainer& t, const StepMetrics& m) {
+namespace {
+
+template <class Engine>
+void raise_requests(Engine& t, uint32_t bits) {
+  for (auto r : {StepRequest::Checkpoint, StepRequest::Stop})
+    if (bits & (1u << static_cast<uint32_t>(r))) t.request(r);
+}
+
+}  // namespace
+
+// Local observations only; the loss all-reduce right after this seam makes
+// them the same decision on every rank.
+void Checkpointing::after_backward(Trainer& t) { raise_requests(t, due_requests()); }
+
+// The same: the step's world all-reduce (loss and norm) agrees on them.
+void Checkpointing::before_mesh_step(PipelineTrainer& t) { raise_requests(t, due_requests()); }
+
+void Checkpointing::after_step(Trainer&, const StepMetrics& m) { on_step_end(m); }
+
+void Checkpointing::after_mesh_step(PipelineTrainer&, const StepMetrics& m) { on_step_end(m); }
+
+void Checkpointing::on_step_end(const StepMetrics& m) {
   record_ = StepRecord{};
   record_.step = m.step;
-  const int64_t step = t.step();
+  const int64_t step = engine_.step();
   if (m.requested(StepRequest::Stop)) {
     stopped_ = true;
     if (last_saved_step_ != step) save(step, /*synchronous=*/true, "stop requested");
     return;
   }
-  if (config_.at_end && step >= t.config().train.steps) {
+  if (config_.at_end && step >= engine_.total_steps) {
     save(step, /*synchronous=*/true, "last step");
     return;
   }
@@ -109,7 +151,7 @@ void Checkpointing::after_step(Trainer& t, const StepMetrics& m) {
 }
 
 ckpt::SaveRequest Checkpointing::request_for(int64_t step) const {
-  StateBlobs blobs = state_.blobs();
+  StateBlobs blobs = state_->blobs();
   ckpt::SaveRequest r;
   r.step = step;
   r.model_config = run_config_;
@@ -139,10 +181,10 @@ void Checkpointing::save(int64_t step, bool synchronous, const char* why) {
              record_.blocked_s);
 }
 
-void Checkpointing::save_now() { save(trainer_.step(), /*synchronous=*/true, "save_now"); }
+void Checkpointing::save_now() { save(engine_.step(), /*synchronous=*/true, "save_now"); }
 
 void Checkpointing::finish() {
-  const int64_t step = trainer_.step();
+  const int64_t step = engine_.step();
   if (config_.at_end && !stopped_ && step > 0 && last_saved_step_ != step) save(step, /*synchronous=*/true, "end");
   if (checkpointer_->wait() == ckpt::SaveOutcome::Failed)
     throw IoError(fmt::format("the last checkpoint save failed: {}", checkpointer_->stats().last_error),

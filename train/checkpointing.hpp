@@ -19,6 +19,11 @@
 //   if (resume) ck.resume();
 //   while (...) { auto m = trainer.train_step(); ck.annotate(m); if (ck.stop_agreed()) break; }
 //   ck.finish();
+//
+// The mesh engine (PipelineTrainer, tp/pp > 1) has no observers: its loop
+// calls before_mesh_step() and after_mesh_step() around train_step(). Its
+// state (MeshState) is written in the same full-model layout as TrainState's,
+// so a checkpoint of either engine loads into the other at any world size.
 #include <functional>
 #include <memory>
 #include <optional>
@@ -31,6 +36,8 @@
 #include "train/trainer.hpp"
 
 namespace braid::train {
+
+class PipelineTrainer;
 
 // Seams for tests: stand-ins for the process-wide signal flag and the clock.
 struct CheckpointingHooks {
@@ -55,6 +62,9 @@ class Checkpointing : public StepObserver {
   // unusable [checkpoint] section, IoError when the directory cannot be made.
   Checkpointing(Trainer& trainer, const CheckpointConfig& config, std::string run_config,
                 std::shared_ptr<net::Store> store, CheckpointingHooks hooks = {});
+  // The same for the mesh engine (every rank of the mesh's world together).
+  Checkpointing(PipelineTrainer& trainer, const CheckpointConfig& config, std::string run_config,
+                std::shared_ptr<net::Store> store, CheckpointingHooks hooks = {});
   ~Checkpointing() override;
   Checkpointing(const Checkpointing&) = delete;
   Checkpointing& operator=(const Checkpointing&) = delete;
@@ -70,6 +80,11 @@ class Checkpointing : public StepObserver {
 
   void after_backward(Trainer& trainer) override;
   void after_step(Trainer& trainer, const StepMetrics& m) override;
+  // The mesh engine's seams: before_mesh_step raises this rank's requests
+  // (stop signal, timer), which the step's world all-reduce agrees on;
+  // after_mesh_step saves as after_step does.
+  void before_mesh_step(PipelineTrainer& trainer);
+  void after_mesh_step(PipelineTrainer& trainer, const StepMetrics& m);
 
   // True once the ranks agreed to stop (a stop signal); the step they stopped
   // at is then committed (saved synchronously).
@@ -91,22 +106,34 @@ class Checkpointing : public StepObserver {
   double blocked_total_s() const { return blocked_total_s_; }
   double blocked_max_s() const { return blocked_max_s_; }
   const ckpt::Checkpointer& checkpointer() const { return *checkpointer_; }
-  const TrainState& state() const { return state_; }
+  const CheckpointState& state() const { return *state_; }
   // The newest step saved by this job (committed, or being written); -1: none.
   int64_t last_saved_step() const { return last_saved_step_; }
   std::optional<int64_t> resumed_step() const { return resumed_step_; }
   const CheckpointConfig& config() const { return config_; }
 
  private:
+  // What Checkpointing needs of an engine besides its state.
+  struct Engine {
+    int rank = 0;
+    int world = 1;
+    int64_t total_steps = 0;
+    std::function<int64_t()> step;
+  };
+  Checkpointing(std::unique_ptr<CheckpointState> state, Engine engine, const CheckpointConfig& config,
+                std::string run_config, std::shared_ptr<net::Store> store, CheckpointingHooks hooks);
+  // The requests (StepRequest bits) this rank raises now.
+  uint32_t due_requests();
+  void on_step_end(const StepMetrics& m);
   ckpt::SaveRequest request_for(int64_t step) const;
   void save(int64_t step, bool synchronous, const char* why);
 
-  Trainer& trainer_;
+  Engine engine_;
   CheckpointConfig config_;
   std::string run_config_;
   std::shared_ptr<net::Store> store_;
   CheckpointingHooks hooks_;
-  TrainState state_;
+  std::unique_ptr<CheckpointState> state_;
   std::unique_ptr<ckpt::Checkpointer> checkpointer_;
   int64_t last_save_ns_ = 0;
   int64_t last_saved_step_ = -1;

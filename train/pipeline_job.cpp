@@ -4,9 +4,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "ckpt/checkpoint_dir.hpp"
+#include "ckpt/save_schedule.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/process_group.hpp"
+#include "train/checkpointing.hpp"
 #include "train/compute_threads.hpp"
 #include "train/data_parallel.hpp"
 #include "train/parallel_mesh.hpp"
@@ -21,9 +25,8 @@ bool uses_model_parallelism(const TrainConfig& config) { return config.parallel.
 JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm, const JobOptions& options) {
   Stopwatch wall;
   JobSummary summary;
-  if (config.checkpoint.enabled() || options.resume)
-    throw ConfigError("checkpoints are not supported with parallel.tp > 1 or parallel.pp > 1 yet",
-                      "remove checkpoint.dir (and --resume), or train with tp = pp = 1");
+  if (options.resume && !config.checkpoint.enabled())
+    throw ConfigError("--resume needs a checkpoint directory", "set checkpoint.dir in the config (or --set checkpoint.dir=DIR)");
   if (config.fault.enabled)
     throw ConfigError("fault.enabled is not supported with parallel.tp > 1 or parallel.pp > 1",
                       "fault-tolerant training replicates whole models: use tp = pp = 1");
@@ -47,6 +50,16 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
   trainer.set_job_peak_flops(summary.job_peak_flops);
   GptModel layout(config.model, 0);
   summary.parameters = layout.num_parameters();
+
+  // Checkpoints (train/mesh_state.hpp): the full model's layout, so they load
+  // under any other tp / pp / dp and world size. Resume first.
+  std::unique_ptr<Checkpointing> checkpointing;
+  if (config.checkpoint.enabled()) {
+    checkpointing = std::make_unique<Checkpointing>(trainer, config.checkpoint, config.to_toml(), options.store);
+    if (options.resume) {
+      if (auto loaded = checkpointing->resume()) summary.resumed_from = loaded->step;
+    }
+  }
 
   std::unique_ptr<RunDirectory> run_dir;
   if (lead && options.write_run_dir) {
@@ -75,7 +88,19 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
   int64_t measured = 0;
   StepMetrics last;
   while (trainer.step() < config.train.steps) {
+    if (checkpointing) checkpointing->before_mesh_step(trainer);
     StepMetrics m = trainer.train_step();
+    if (checkpointing) {
+      checkpointing->after_mesh_step(trainer, m);
+      checkpointing->annotate(m);
+      if (checkpointing->stop_agreed()) {
+        // Saved and committed already; no validation on the way out.
+        summary.stopped = true;
+        if (run_dir) run_dir->append_metrics(m);
+        last = m;
+        break;
+      }
+    }
     const int64_t every = config.train.eval_every;
     if ((every > 0 && m.step % every == 0) || m.step == config.train.steps) m.val_loss = trainer.evaluate();
     if (m.step > measure_from) {
@@ -93,6 +118,10 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     last = m;
   }
   progress.finish();
+  if (checkpointing) {
+    checkpointing->finish();
+    summary.last_checkpoint_step = checkpointing->last_saved_step();
+  }
 
   summary.steps = trainer.step();
   summary.final_loss = last.loss;
@@ -105,7 +134,11 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     summary.comm_exposed_s = exposed / static_cast<double>(measured);
   }
   summary.wall_s = wall.seconds();
-  if (lead)
+  if (lead && summary.stopped)
+    log::warn("stopped by {} after step {}: checkpoint {} committed; continue with `braid train CONFIG --resume`",
+              ckpt::stop_signal() ? signal_name(ckpt::stop_signal()) : std::string("a stop request"), summary.steps,
+              (ckpt::CheckpointDir(config.checkpoint.dir).step_path(summary.steps)).string());
+  else if (lead)
     log::info("done: {} steps in {}, loss {:.4f}{}, {:.0f} tokens/s, MFU {:.1f}%{}", summary.steps,
               format_duration(summary.wall_s), summary.final_loss,
               summary.final_val_loss ? fmt::format(", validation loss {:.4f}", *summary.final_val_loss) : "",
@@ -134,6 +167,22 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     j["mfu"] = summary.mfu;
     if (shape.pp > 1 && pipeline > 0) j["pp_bubble_share_rank0"] = bubble / pipeline;
     j["wall_s"] = summary.wall_s;
+    if (checkpointing) {
+      const auto st = checkpointing->stats();
+      nlohmann::ordered_json c;
+      c["dir"] = config.checkpoint.dir;
+      if (summary.resumed_from) c["resumed_from_step"] = *summary.resumed_from;
+      c["last_step"] = summary.last_checkpoint_step;
+      c["saves"] = st.started;
+      c["committed"] = st.committed;
+      c["failed"] = st.failed;
+      c["skipped_busy"] = st.skipped_busy;
+      c["waited_busy"] = st.waited_busy;
+      c["blocked_total_s"] = checkpointing->blocked_total_s();
+      c["blocked_max_s"] = checkpointing->blocked_max_s();
+      c["stopped_by_signal"] = summary.stopped;
+      j["checkpoint"] = c;
+    }
     run_dir->write_file("summary.json", j.dump(2) + "\n");
   }
   std::fflush(stdout);

@@ -3,9 +3,10 @@
 // the run loop of run_training_job (training_job.hpp) around a
 // PipelineTrainer — data, threads, MFU calibration, validation, progress,
 // run directory (config.toml, metrics.jsonl with the pp_bubble_* fields,
-// summary.json with the mesh). Checkpoints, fault tolerance and the final
-// text sample are not available under tp/pp yet and are refused with a
-// ConfigError rather than silently skipped.
+// summary.json with the mesh), checkpoints and --resume (train/mesh_state.hpp:
+// written in the full model's layout, so they load under any other mode).
+// Fault tolerance is refused with a ConfigError under tp/pp, and the final
+// text sample is skipped with a note.
 #include "comm/communicator.hpp"
 #include "train/train_config.hpp"
 #include "train/training_job.hpp"

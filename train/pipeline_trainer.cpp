@@ -173,7 +173,11 @@ StepMetrics PipelineTrainer::train_step() {
   const bool counts_loss = last && mesh_.tp_rank() == 0;
   std::vector<double> v = {counts_loss ? loss_sum / static_cast<double>(M) : 0.0,
                            mesh_.dp_rank() == 0 ? model_.grad_sum_of_squares_share() : 0.0};
+  for (int k = 0; k < kStepRequestKinds; ++k) v.push_back((local_requests_ >> k) & 1u ? 1.0 : 0.0);
+  local_requests_ = 0;
   all_reduce_sum(mesh_.world(), v, config_.parallel.timeout_s);
+  for (int k = 0; k < kStepRequestKinds; ++k)
+    if (v[2 + static_cast<size_t>(k)] > 0) m.requests |= 1u << k;
   const double sync_s = sync_clock.seconds();
   m.loss = v[0] / mesh_.dp_size();
   m.grad_norm = std::sqrt(v[1]);

@@ -71,6 +71,9 @@ class PipelineTrainer {
   ParallelMesh& mesh() { return mesh_; }
   const PipelineTiming& last_timing() const { return timing_; }
   void set_job_peak_flops(double flops_per_s) { job_peak_flops_ = flops_per_s; }
+  // Raises a request for agreement in the next step's world all-reduce (as
+  // Trainer::request; StepMetrics::requested() gives every rank the answer).
+  void request(StepRequest r) { local_requests_ |= 1u << static_cast<uint32_t>(r); }
 
  private:
   torch::Tensor load_windows(std::span<const uint16_t> split, const std::vector<uint64_t>& offsets);
@@ -93,6 +96,7 @@ class PipelineTrainer {
   int64_t step_ = 0;
   double job_peak_flops_ = 0;
   double flops_per_token_ = 0;
+  uint32_t local_requests_ = 0;
 };
 
 }  // namespace braid::train

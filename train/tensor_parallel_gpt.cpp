@@ -26,6 +26,7 @@ TensorParallelGpt::TensorParallelGpt(const ModelConfig& config, uint64_t seed, c
   // The full model gives the layout, the names and the initial weights.
   GptModel full(config, seed, dtype);
   for (const auto& s : full.params().slots()) {
+    full_names_.push_back(s.name);
     full_shapes_.push_back(s.shape);
     full_offsets_.push_back(s.offset);
   }

@@ -93,6 +93,12 @@ class TensorParallelGpt {
   const ModelConfig& config() const { return config_; }
   const StagePlacement& placement() const { return place_; }
   int64_t full_numel() const { return full_numel_; }
+  // The full model's parameters (GptModel's layout), by full slot index: what
+  // checkpoints are written in (train/mesh_state.hpp).
+  int full_slot_count() const { return static_cast<int>(full_names_.size()); }
+  const std::string& full_name(int full_slot) const { return full_names_.at(static_cast<size_t>(full_slot)); }
+  const std::vector<int64_t>& full_shape(int full_slot) const { return full_shapes_.at(static_cast<size_t>(full_slot)); }
+  int64_t full_offset(int full_slot) const { return full_offsets_.at(static_cast<size_t>(full_slot)); }
   int64_t first_layer() const { return first_layer_; }
   int64_t layer_count() const { return static_cast<int64_t>(blocks_.size()); }
 
@@ -112,6 +118,7 @@ class TensorParallelGpt {
   double timeout_s_;
   FlatParameters params_;
   std::vector<ShardedSlot> sharding_;
+  std::vector<std::string> full_names_;
   std::vector<std::vector<int64_t>> full_shapes_;
   std::vector<int64_t> full_offsets_;
   int64_t full_numel_ = 0;

@@ -5,19 +5,57 @@
 
 namespace braid::train {
 
-TrainState::TrainState(Trainer& t) : trainer_(t) {
-  auto& flat = t.model().params();
-  const uint64_t bytes = static_cast<uint64_t>(flat.numel()) * 4;
-  layout_.add_buffer("params", DType::F32, bytes);
-  layout_.add_buffer("adam_m", DType::F32, bytes);
-  layout_.add_buffer("adam_v", DType::F32, bytes);
-  for (auto& s : flat.slots()) {
+ckpt::StateLayout training_state_layout(int64_t numel, const std::vector<ParamSpec>& params) {
+  ckpt::StateLayout layout;
+  const uint64_t bytes = static_cast<uint64_t>(numel) * 4;
+  layout.add_buffer("params", DType::F32, bytes);
+  layout.add_buffer("adam_m", DType::F32, bytes);
+  layout.add_buffer("adam_v", DType::F32, bytes);
+  for (auto& s : params) {
     uint64_t off = static_cast<uint64_t>(s.offset) * 4;
-    layout_.add_tensor(s.name, DType::F32, s.shape, "params", off);
-    layout_.add_tensor("adam_m." + s.name, DType::F32, s.shape, "adam_m", off);
-    layout_.add_tensor("adam_v." + s.name, DType::F32, s.shape, "adam_v", off);
+    layout.add_tensor(s.name, DType::F32, s.shape, "params", off);
+    layout.add_tensor("adam_m." + s.name, DType::F32, s.shape, "adam_m", off);
+    layout.add_tensor("adam_v." + s.name, DType::F32, s.shape, "adam_v", off);
   }
-  layout_.validate();
+  layout.validate();
+  return layout;
+}
+
+StateBlobs progress_blobs(const ProgressBlobs& p) {
+  StateBlobs b;
+  b.global["step"] = std::to_string(p.step);
+  b.global["adam_step"] = std::to_string(p.adam_step);
+  b.global["sampler"] = p.sampler.to_json();
+  return b;
+}
+
+ProgressBlobs parse_progress_blobs(const StateBlobs& b) {
+  auto need = [&](const char* key) -> const std::string& {
+    auto it = b.global.find(key);
+    if (it == b.global.end())
+      throw CorruptData(std::string("training state has no '") + key + "' entry",
+                        "the checkpoint or peer state is incomplete; use an older checkpoint");
+    return it->second;
+  };
+  auto to_int = [&](const char* key) {
+    const std::string& s = need(key);
+    char* end = nullptr;
+    long long v = std::strtoll(s.c_str(), &end, 10);
+    if (s.empty() || *end || v < 0)
+      throw CorruptData(std::string("training state entry '") + key + "' is not a step count: '" + s + "'");
+    return static_cast<int64_t>(v);
+  };
+  ProgressBlobs p;
+  p.step = to_int("step");
+  p.adam_step = to_int("adam_step");
+  p.sampler = SamplerPosition::from_json(need("sampler"));
+  return p;
+}
+
+TrainState::TrainState(Trainer& t) : trainer_(t) {
+  std::vector<ParamSpec> specs;
+  for (auto& s : t.model().params().slots()) specs.push_back({s.name, s.shape, s.offset});
+  layout_ = training_state_layout(t.model().params().numel(), specs);
 }
 
 namespace {
@@ -63,35 +101,14 @@ std::vector<ckpt::ReadTarget> TrainState::read_targets() const {
 }
 
 StateBlobs TrainState::blobs() const {
-  StateBlobs b;
-  b.global["step"] = std::to_string(trainer_.step());
-  b.global["adam_step"] = std::to_string(trainer_.optimizer().step());
-  b.global["sampler"] = trainer_.sampler().position().to_json();
-  return b;
+  return progress_blobs({trainer_.step(), trainer_.optimizer().step(), trainer_.sampler().position()});
 }
 
 void TrainState::restore(const StateBlobs& b) {
-  auto need = [&](const char* key) -> const std::string& {
-    auto it = b.global.find(key);
-    if (it == b.global.end())
-      throw CorruptData(std::string("training state has no '") + key + "' entry",
-                        "the checkpoint or peer state is incomplete; use an older checkpoint");
-    return it->second;
-  };
-  auto to_int = [&](const char* key) {
-    const std::string& s = need(key);
-    char* end = nullptr;
-    long long v = std::strtoll(s.c_str(), &end, 10);
-    if (s.empty() || *end || v < 0)
-      throw CorruptData(std::string("training state entry '") + key + "' is not a step count: '" + s + "'");
-    return static_cast<int64_t>(v);
-  };
-  int64_t step = to_int("step");
-  int64_t adam_step = to_int("adam_step");
-  auto pos = SamplerPosition::from_json(need("sampler"));
-  trainer_.set_step(step);
-  trainer_.optimizer().set_step(adam_step);
-  trainer_.sampler().restore(pos);
+  const ProgressBlobs p = parse_progress_blobs(b);
+  trainer_.set_step(p.step);
+  trainer_.optimizer().set_step(p.adam_step);
+  trainer_.sampler().restore(p.sampler);
 }
 
 }  // namespace braid::train

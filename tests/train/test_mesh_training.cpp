@@ -54,7 +54,8 @@ TEST_F(MeshTraining, Tp2Pp2EqualsOneProcess) {
 
 // What `braid train` runs with tp/pp set: run_training_job hands the config
 // to the mesh engine, which trains, validates and writes the run directory
-// with the mesh and the bubble fields; checkpoints are refused under tp/pp.
+// with the mesh and the bubble fields; fault tolerance is refused under tp/pp
+// (checkpoints under tp/pp: test_mesh_checkpoint.cpp).
 TEST_F(MeshTraining, TrainingJobRunsTheMeshEngine) {
   const auto dir = std::filesystem::temp_directory_path() / fmt::format("braid_mesh_job_{}", ::getpid());
   std::filesystem::create_directories(dir);
@@ -113,9 +114,9 @@ TEST_F(MeshTraining, TrainingJobRunsTheMeshEngine) {
   EXPECT_EQ(summary["mesh"]["pp"], 2);
   EXPECT_EQ(summary["mesh"]["dp"], 1);
 
-  auto with_checkpoints = cfg;
-  with_checkpoints.checkpoint.dir = (dir / "ckpt").string();
-  EXPECT_THROW(run_training_job(with_checkpoints, nullptr, JobOptions{}), ConfigError);
+  auto with_fault = cfg;
+  with_fault.fault.enabled = true;
+  EXPECT_THROW(run_training_job(with_fault, nullptr, JobOptions{}), ConfigError);
   std::filesystem::remove_all(dir);
 }
 
