@@ -159,6 +159,7 @@ class Checkpointer {
   CheckpointOptions opts_;
   StateLayout layout_;
   std::vector<HeldBuffer> held_;
+  std::vector<size_t> held_sorted_;  // non-empty held_ entries by (buffer, begin)
   int rank_;
   int world_;
   std::shared_ptr<net::Store> store_;

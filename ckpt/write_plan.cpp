@@ -26,13 +26,32 @@ std::vector<std::vector<BufferRange>> plan_writes(const StateLayout& layout,
 
   for (const BufferSpec& b : layout.buffers()) {
     if (b.bytes == 0) continue;
+    // Each rank's ranges of this buffer, sorted by start, with the largest end
+    // so far: a rank holds an elementary piece [s, e) iff the largest end
+    // among its ranges that start at or before s reaches e. The pieces come
+    // in order, so one cursor per rank walks its ranges once (a tp rank
+    // declares thousands of ranges; scanning them all for each piece was
+    // quadratic).
+    struct Sorted {
+      std::vector<ByteRange> ranges;
+      std::vector<uint64_t> max_end;
+      size_t cursor = 0;  // ranges [0, cursor) start at or before the current piece
+    };
+    std::vector<Sorted> by_rank(static_cast<size_t>(world));
     std::vector<uint64_t> cuts{0, b.bytes};
-    for (auto& ranges : held)
-      for (auto& h : ranges)
-        if (h.buffer == b.name && !h.range.empty()) {
+    for (int r = 0; r < world; ++r) {
+      Sorted& sr = by_rank[static_cast<size_t>(r)];
+      for (auto& h : held[static_cast<size_t>(r)])
+        if (!h.range.empty() && h.buffer == b.name) {
+          sr.ranges.push_back(h.range);
           cuts.push_back(h.range.begin);
           cuts.push_back(h.range.end);
         }
+      std::sort(sr.ranges.begin(), sr.ranges.end(),
+                [](const ByteRange& x, const ByteRange& y) { return x.begin < y.begin; });
+      uint64_t m = 0;
+      for (auto& rg : sr.ranges) sr.max_end.push_back(m = std::max(m, rg.end));
+    }
     std::sort(cuts.begin(), cuts.end());
     cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
 
@@ -46,12 +65,11 @@ std::vector<std::vector<BufferRange>> plan_writes(const StateLayout& layout,
     for (size_t i = 0; i + 1 < cuts.size(); ++i) {
       ByteRange seg{cuts[i], cuts[i + 1]};
       std::vector<int> holders;
-      for (int r = 0; r < world; ++r)
-        for (auto& h : held[static_cast<size_t>(r)])
-          if (h.buffer == b.name && h.range.contains(seg)) {
-            holders.push_back(r);
-            break;
-          }
+      for (int r = 0; r < world; ++r) {
+        Sorted& sr = by_rank[static_cast<size_t>(r)];
+        while (sr.cursor < sr.ranges.size() && sr.ranges[sr.cursor].begin <= seg.begin) ++sr.cursor;
+        if (sr.cursor > 0 && sr.max_end[sr.cursor - 1] >= seg.end) holders.push_back(r);
+      }
       if (holders.empty())
         throw ConfigError(fmt::format("bytes {} of buffer '{}' are held by no rank", to_string(seg), b.name),
                           "every byte of every buffer must be held by at least one rank to be checkpointed");
