@@ -102,29 +102,37 @@ std::pair<int64_t, int64_t> Diloco::own_slice(int f) const {
   return {lo, hi};
 }
 
+void Diloco::compute_delta(int f) {
+  const auto [lo, hi] = own_slice(f);
+  const float* theta = trainer_.model().params().param_data();
+  for (int64_t i = lo; i < hi; ++i) delta_[static_cast<size_t>(i)] = sync_[static_cast<size_t>(i)] - theta[i];
+}
+
+comm::Work Diloco::reduce_outer(float* d, size_t n) {
+  if (groups_.outer) {
+    comm::CollectiveOptions o;
+    o.codec = &codec_;
+    o.timeout_s = trainer_.config().parallel.timeout_s;
+    return groups_.outer->all_reduce(d, d, n, DType::F32, comm::ReduceOp::Avg, o);
+  }
+  // One process: what the codec carries, as a one-rank all-reduce would give.
+  encode_scratch_.resize(codec_.encoded_bytes(n) + 64);
+  codec_.encode(d, n, encode_scratch_.data());
+  codec_.decode(encode_scratch_.data(), n, d);
+  return comm::Work();
+}
+
 void Diloco::launch(int f, int64_t step) {
   const auto [lo, hi] = own_slice(f);
   const size_t n = static_cast<size_t>(hi - lo);
-  const float* theta = trainer_.model().params().param_data();
+  compute_delta(f);
   float* d = delta_.data() + lo;
-  for (size_t i = 0; i < n; ++i) d[i] = sync_[static_cast<size_t>(lo) + i] - theta[static_cast<size_t>(lo) + i];
   if (config_.error_feedback) {
     encode_scratch_.resize(codec_.encoded_bytes(n) + 64);
     comm::add_error_feedback(codec_, d, residual_.data() + lo, n, encode_scratch_.data());
   }
   Pending& p = pending_[static_cast<size_t>(f)];
-  if (groups_.outer) {
-    comm::CollectiveOptions o;
-    o.codec = &codec_;
-    o.timeout_s = trainer_.config().parallel.timeout_s;
-    p.work = groups_.outer->all_reduce(d, d, n, DType::F32, comm::ReduceOp::Avg, o);
-  } else {
-    // One process: what the codec carries, as a one-rank all-reduce would give.
-    encode_scratch_.resize(codec_.encoded_bytes(n) + 64);
-    codec_.encode(d, n, encode_scratch_.data());
-    codec_.decode(encode_scratch_.data(), n, d);
-    p.work = comm::Work();
-  }
+  p.work = reduce_outer(d, n);
   p.active = true;
   p.apply_at = step + config_.delay;
 }
@@ -182,10 +190,51 @@ void Diloco::sync_all() {
   const int64_t s = trainer_.step();
   for (int f = 0; f < fragments(); ++f)
     if (pending_[static_cast<size_t>(f)].active) apply(f);
-  for (int f = 0; f < fragments(); ++f) {
-    if (synced_at_[static_cast<size_t>(f)] == s) continue;
-    launch(f, s);
-    apply(f);
+  std::vector<int> todo;
+  for (int f = 0; f < fragments(); ++f)
+    if (synced_at_[static_cast<size_t>(f)] != s) todo.push_back(f);
+  if (todo.size() == 1) {
+    launch(todo[0], s);
+    apply(todo[0]);
+  } else if (!todo.empty()) {
+    // Every rank lays out the same fragments in the same order, so the fused
+    // all-reduce (and the codec's chunks, and error feedback over them) is
+    // the same on all of them.
+    size_t total = 0;
+    for (int f : todo) {
+      const auto [lo, hi] = own_slice(f);
+      total += static_cast<size_t>(hi - lo);
+    }
+    fused_.resize(total);
+    if (config_.error_feedback) fused_residual_.resize(total);
+    size_t at = 0;
+    for (int f : todo) {
+      compute_delta(f);
+      const auto [lo, hi] = own_slice(f);
+      const size_t n = static_cast<size_t>(hi - lo);
+      std::memcpy(fused_.data() + at, delta_.data() + lo, n * 4);
+      if (config_.error_feedback) std::memcpy(fused_residual_.data() + at, residual_.data() + lo, n * 4);
+      at += n;
+    }
+    if (config_.error_feedback) {
+      encode_scratch_.resize(codec_.encoded_bytes(total) + 64);
+      comm::add_error_feedback(codec_, fused_.data(), fused_residual_.data(), total, encode_scratch_.data());
+    }
+    Stopwatch wait_clock;
+    reduce_outer(fused_.data(), total).wait();
+    stats_.outer_wait_s += wait_clock.seconds();
+    at = 0;
+    for (int f : todo) {
+      const auto [lo, hi] = own_slice(f);
+      const size_t n = static_cast<size_t>(hi - lo);
+      std::memcpy(delta_.data() + lo, fused_.data() + at, n * 4);
+      if (config_.error_feedback) std::memcpy(residual_.data() + lo, fused_residual_.data() + at, n * 4);
+      at += n;
+      Pending& p = pending_[static_cast<size_t>(f)];
+      p.work = comm::Work();  // done: apply() finds nothing to wait for
+      p.active = true;
+      apply(f);
+    }
   }
   if (groups_.outer) stats_.bytes_wan = groups_.outer->stats().bytes_sent;
 }

@@ -73,7 +73,10 @@ class Diloco : public StepObserver {
 
   void after_step(Trainer& t, const StepMetrics& m) override;
   // Syncs whatever is pending and every fragment not synced at this step
-  // (the end of a run, or before a final evaluation).
+  // (the end of a run, or before a final evaluation). Several fragments go
+  // as one all-reduce of their slices laid end to end: over a slow link the
+  // latency of a ring all-reduce (2(n-1) messages) is paid once, not once
+  // per fragment.
   void sync_all();
   // Adds diloco_* fields to the step's metrics.
   void annotate(StepMetrics& m) const;
@@ -92,6 +95,11 @@ class Diloco : public StepObserver {
     int64_t apply_at = 0;
   };
   std::pair<int64_t, int64_t> own_slice(int f) const;
+  // θ_sync − θ over fragment f's own slice, into delta_.
+  void compute_delta(int f);
+  // Averages n pseudo-gradient values across replicas in place (through the
+  // codec; with one replica, what the codec would carry).
+  comm::Work reduce_outer(float* d, size_t n);
   void launch(int f, int64_t step);
   void apply(int f);
 
@@ -108,6 +116,7 @@ class Diloco : public StepObserver {
   std::vector<float> residual_;     // error feedback (own slices)
   std::vector<unsigned char> encode_scratch_;
   std::vector<float> gather_;
+  std::vector<float> fused_, fused_residual_;  // sync_all: the fragments' slices, end to end
   DilocoStats stats_;
 };
 

@@ -59,6 +59,7 @@ class DilocoTest : public ::testing::Test {
 struct WorkerResult {
   torch::Tensor params;
   DilocoStats stats;
+  uint64_t outer_ops = 0;  // operations on the outer (slow-link) communicator
 };
 
 // `world` ranks as threads, each with its Diloco; params at the end.
@@ -75,7 +76,8 @@ std::vector<WorkerResult> run_diloco(const TrainConfig& cfg, const DilocoConfig&
         Trainer t(cfg, pangram_corpus(), groups.inner.get());
         Diloco diloco(dc, t, groups, pangram_corpus().train().size());
         while (t.step() < cfg.train.steps) t.train_step();
-        results[static_cast<size_t>(r)] = {t.model().params().params().clone(), diloco.stats()};
+        results[static_cast<size_t>(r)] = {t.model().params().params().clone(), diloco.stats(),
+                                           groups.outer ? groups.outer->stats().ops : 0};
       } catch (...) {
         errors[static_cast<size_t>(r)] = std::current_exception();
       }
@@ -193,6 +195,28 @@ TEST_F(DilocoTest, StreamingFragmentsWithDelayMatchReference) {
   expect_identical(rs);
   EXPECT_LT(relative_error(rs[0].params, reference(cfg, dc, 2)), 1e-5);
   EXPECT_GE(rs[0].stats.outer_rounds, 6);
+}
+
+// At the end of a run every fragment not synced at the last step goes in one
+// all-reduce (the slow link's latency paid once), with the same result as
+// syncing them one by one (the reference).
+TEST_F(DilocoTest, FinalSyncOfSeveralFragmentsIsOneAllReduce) {
+  auto cfg = tiny_config(10);
+  auto dc = diloco_config(4);
+  dc.fragments = 3;
+  auto rs = run_diloco(cfg, dc, 2);
+  expect_identical(rs);
+  EXPECT_LT(relative_error(rs[0].params, reference(cfg, dc, 2)), 1e-5);
+  // Launches before the last step, from the schedule; then one for the rest.
+  Trainer layout_trainer(cfg, pangram_corpus(), nullptr);
+  DilocoGroups none;
+  Diloco layout(dc, layout_trainer, none, pangram_corpus().train().size());
+  uint64_t launches = 0;
+  for (int64_t s = 1; s < cfg.train.steps; ++s)
+    for (int f = 0; f < layout.fragments(); ++f) launches += layout.due(f, s) ? 1 : 0;
+  ASSERT_EQ(launches, 7u);  // f0 at 1, 5, 9; f1 at 2, 6; f2 at 4, 8: all three are behind at step 10
+  EXPECT_EQ(rs[0].outer_ops, launches + 1);
+  EXPECT_EQ(rs[0].stats.outer_rounds, 7 + 3);  // every fragment is still applied on its own
 }
 
 TEST_F(DilocoTest, Int8WithErrorFeedbackEndsIdenticalAndClose) {
