@@ -2,6 +2,8 @@
 
 #include <sched.h>
 
+#include <algorithm>
+
 #include "comm/reduce.hpp"
 #include "core/error.hpp"
 #include "core/thread.hpp"
@@ -125,25 +127,55 @@ void Collective::wait(const net::RequestPtr& r) const {
   r->wait(deadline_);
 }
 
+namespace {
+// How long wait_either waits for its first request alone. A receive held up
+// longer than this may be waiting for one of our sends (the ring's
+// deadlock): the cost of a stalled pipeline noticing it.
+constexpr double kWaitAloneS = 0.005;
+}  // namespace
+
 void Collective::wait_either(const net::RequestPtr& a, const net::RequestPtr& b) const {
-  if (a->done() || b->done()) {
+  if (a->done()) {
     a->test();
-    b->test();
     return;
   }
+  // First spin for `a` alone, as wait() does. The pipeline calls this with a
+  // receive and its oldest send; returning for every send completion would
+  // let sends run ahead of the peer's posted receives, and over shared
+  // memory each early message is then buffered in fresh memory and copied
+  // twice (16 MiB all-reduce of 2 ranks: ~7x slower). A receive that is
+  // coming arrives within the spin; only a stalled one needs the send.
   net::Progress* progress = g_.mesh->progress();
-  if (progress && spin_ns > 0) {
-    const int64_t until = now_ns() + spin_ns;
-    for (uint32_t i = 1; !a->done() && !b->done(); ++i) {
-      if (!progress->progress()) cpu_relax();
-      if ((i & 31) == 0 && now_ns() > until) break;
+  if (spin_ns > 0) {
+    if (progress) {
+      const int64_t until = now_ns() + spin_ns;
+      for (uint32_t i = 1; !a->done(); ++i) {
+        if (!progress->progress()) cpu_relax();
+        if ((i & 31) == 0 && now_ns() > until) break;
+      }
+    } else {
+      const int64_t until = now_ns() + spin_ns / 50;
+      while (!a->done() && now_ns() < until) sched_yield();
     }
   }
-  if (!net::Request::wait_either(*a, *b, deadline_))
+  if (!a->done()) {
+    // Then wait for `a` alone a little longer (sleeping), before taking a
+    // finished send as a reason to return.
+    const double alone_s = std::min(kWaitAloneS, std::max(0.0, deadline_.remaining_ns() * 1e-9));
+    try {
+      a->wait(Deadline::in_seconds(alone_s));
+    } catch (const braid::Timeout&) {
+      // not yet: wait for either below
+    }
+  }
+  if (!a->done() && !net::Request::wait_either(*a, *b, deadline_))
     throw braid::Timeout("request did not complete before its deadline",
-                  "a peer is slow, hung or unreachable; raise the collective timeout if the link is slow");
+                         "a peer is slow, hung or unreachable; raise the collective timeout if the link is slow");
+  // test() drives progress when the request is pending, and over shared
+  // memory progress takes in messages that have no receive posted yet
+  // (buffered, copied twice): only a finished request is looked at.
   a->test();
-  b->test();
+  if (b->done()) b->test();
 }
 
 void Collective::wait_all(std::vector<net::RequestPtr>& rs) const {
