@@ -1,5 +1,7 @@
 #include "train/checkpointing.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -216,6 +218,24 @@ void Checkpointing::annotate(StepMetrics& m) {
     m.extra.emplace_back("ckpt_skipped_total", static_cast<double>(st.skipped_busy));
     m.extra.emplace_back("ckpt_waited_total", static_cast<double>(st.waited_busy));
   }
+}
+
+nlohmann::ordered_json Checkpointing::summary_json(std::optional<int64_t> resumed_from, int64_t last_step,
+                                                  bool stopped_by_signal) const {
+  const auto st = stats();
+  nlohmann::ordered_json c;
+  c["dir"] = config_.dir;
+  if (resumed_from) c["resumed_from_step"] = *resumed_from;
+  c["last_step"] = last_step;
+  c["saves"] = st.started;
+  c["committed"] = st.committed;
+  c["failed"] = st.failed;
+  c["skipped_busy"] = st.skipped_busy;
+  c["waited_busy"] = st.waited_busy;
+  c["blocked_total_s"] = blocked_total_s_;
+  c["blocked_max_s"] = blocked_max_s_;
+  c["stopped_by_signal"] = stopped_by_signal;
+  return c;
 }
 
 }  // namespace braid::train

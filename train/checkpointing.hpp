@@ -29,6 +29,8 @@
 #include <optional>
 #include <string>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "ckpt/checkpointer.hpp"
 #include "ckpt/loader.hpp"
 #include "net/store.hpp"
@@ -103,6 +105,9 @@ class Checkpointing : public StepObserver {
   ckpt::SaveOutcome wait() { return checkpointer_->wait(); }
   ckpt::CheckpointStats stats() const { return checkpointer_->stats(); }
   // Training time the saves blocked, synchronous saves included whole.
+  // The "checkpoint" object of summary.json (both engines write the same).
+  nlohmann::ordered_json summary_json(std::optional<int64_t> resumed_from, int64_t last_step,
+                                      bool stopped_by_signal) const;
   double blocked_total_s() const { return blocked_total_s_; }
   double blocked_max_s() const { return blocked_max_s_; }
   const ckpt::Checkpointer& checkpointer() const { return *checkpointer_; }

@@ -167,22 +167,8 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     j["mfu"] = summary.mfu;
     if (shape.pp > 1 && pipeline > 0) j["pp_bubble_share_rank0"] = bubble / pipeline;
     j["wall_s"] = summary.wall_s;
-    if (checkpointing) {
-      const auto st = checkpointing->stats();
-      nlohmann::ordered_json c;
-      c["dir"] = config.checkpoint.dir;
-      if (summary.resumed_from) c["resumed_from_step"] = *summary.resumed_from;
-      c["last_step"] = summary.last_checkpoint_step;
-      c["saves"] = st.started;
-      c["committed"] = st.committed;
-      c["failed"] = st.failed;
-      c["skipped_busy"] = st.skipped_busy;
-      c["waited_busy"] = st.waited_busy;
-      c["blocked_total_s"] = checkpointing->blocked_total_s();
-      c["blocked_max_s"] = checkpointing->blocked_max_s();
-      c["stopped_by_signal"] = summary.stopped;
-      j["checkpoint"] = c;
-    }
+    if (checkpointing)
+      j["checkpoint"] = checkpointing->summary_json(summary.resumed_from, summary.last_checkpoint_step, summary.stopped);
     run_dir->write_file("summary.json", j.dump(2) + "\n");
   }
   std::fflush(stdout);

@@ -96,20 +96,12 @@ net::RequestPtr Collective::recv_reduce(int peer, void* dst, const void* local, 
       .irecv_reduce(dst, local, bytes, tag(msg), combiner(type, op, incoming_first), meta_);
 }
 
-void Collective::wait(const net::RequestPtr& r) const {
-  if (!r) return;
-  // Spin first, driving the inline progress of shared memory, for a bounded
-  // time: a collective's next message usually arrives within microseconds,
-  // and giving up the CPU (Request::wait yields, then sleeps) costs tens of
-  // microseconds whenever the machine is busy — and once one rank sleeps,
-  // its peer soon does too, and every step then costs a sleep. Without inline
-  // progress (TCP, threads) another thread does the work and needs the CPU,
-  // so spin only briefly.
-  if (!r->done() && spin_ns > 0) {
+void Collective::spin_for(const net::Request& r) const {
+  if (!r.done() && spin_ns > 0) {
     net::Progress* progress = g_.mesh->progress();
     if (progress) {
       const int64_t until = now_ns() + spin_ns;
-      for (uint32_t i = 1; !r->done(); ++i) {
+      for (uint32_t i = 1; !r.done(); ++i) {
         if (!progress->progress()) cpu_relax();
         if ((i & 31) == 0 && now_ns() > until) break;
       }
@@ -121,9 +113,21 @@ void Collective::wait(const net::RequestPtr& r) const {
       // pause loop per wait ~15% slower than no spin, a 20 us yield loop ~6%
       // faster than no spin.
       const int64_t until = now_ns() + spin_ns / 50;
-      while (!r->done() && now_ns() < until) sched_yield();
+      while (!r.done() && now_ns() < until) sched_yield();
     }
   }
+}
+
+void Collective::wait(const net::RequestPtr& r) const {
+  if (!r) return;
+  // Spin first, driving the inline progress of shared memory, for a bounded
+  // time: a collective's next message usually arrives within microseconds,
+  // and giving up the CPU (Request::wait yields, then sleeps) costs tens of
+  // microseconds whenever the machine is busy — and once one rank sleeps,
+  // its peer soon does too, and every step then costs a sleep. Without inline
+  // progress (TCP, threads) another thread does the work and needs the CPU,
+  // so spin only briefly.
+  spin_for(*r);
   r->wait(deadline_);
 }
 
@@ -145,19 +149,7 @@ void Collective::wait_either(const net::RequestPtr& a, const net::RequestPtr& b)
   // memory each early message is then buffered in fresh memory and copied
   // twice (16 MiB all-reduce of 2 ranks: ~7x slower). A receive that is
   // coming arrives within the spin; only a stalled one needs the send.
-  net::Progress* progress = g_.mesh->progress();
-  if (spin_ns > 0) {
-    if (progress) {
-      const int64_t until = now_ns() + spin_ns;
-      for (uint32_t i = 1; !a->done(); ++i) {
-        if (!progress->progress()) cpu_relax();
-        if ((i & 31) == 0 && now_ns() > until) break;
-      }
-    } else {
-      const int64_t until = now_ns() + spin_ns / 50;
-      while (!a->done() && now_ns() < until) sched_yield();
-    }
-  }
+  spin_for(*a);
   if (!a->done()) {
     // Then wait for `a` alone a little longer (sleeping), before taking a
     // finished send as a reason to return.

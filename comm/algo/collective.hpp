@@ -132,8 +132,10 @@ class Collective {
   // Waits for completion; throws the failure or Timeout at the deadline.
   void wait(const net::RequestPtr& r) const;
   void wait_all(std::vector<net::RequestPtr>& rs) const;
-  // Waits until `a` or `b` has finished (both non-null); rethrows a failure
-  // of either, or Timeout at the deadline.
+  // The bounded spin before a wait sleeps (spin_ns; see wait()).
+  void spin_for(const net::Request& r) const;
+  // Waits until `a` has finished or, once it has not for a few ms, `b`
+  // (both non-null); rethrows a failure of either, or Timeout at the deadline.
   void wait_either(const net::RequestPtr& a, const net::RequestPtr& b) const;
 
   // The same operation over a subset of this group (group ranks of this
