@@ -193,10 +193,7 @@ void Diloco::sync_all() {
   std::vector<int> todo;
   for (int f = 0; f < fragments(); ++f)
     if (synced_at_[static_cast<size_t>(f)] != s) todo.push_back(f);
-  if (todo.size() == 1) {
-    launch(todo[0], s);
-    apply(todo[0]);
-  } else if (!todo.empty()) {
+  if (!todo.empty()) {
     // Every rank lays out the same fragments in the same order, so the fused
     // all-reduce (and the codec's chunks, and error feedback over them) is
     // the same on all of them.

@@ -365,29 +365,10 @@ TEST(MeshCheckpointJob, TrainingJobSavesUnderTpAndResumesWithoutIt) {
   cfg.checkpoint.at_end = true;
   cfg.parallel.tp = 2;
   const int world = 2;
-  auto hub = net::make_inproc_hub(world);
-  auto store = std::make_shared<net::MemStore>();
-  std::vector<JobSummary> summaries(world);
-  std::vector<std::exception_ptr> errors(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        comm::Communicator comm(net::connect_inproc(hub, r));
-        JobOptions options;
-        options.local_ranks = world;
-        options.progress = nullptr;
-        options.print_sample = false;
-        options.write_run_dir = false;
-        options.store = store;
-        summaries[static_cast<size_t>(r)] = run_training_job(cfg, &comm, options);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  JobOptions saving;
+  saving.write_run_dir = false;
+  saving.store = std::make_shared<net::MemStore>();
+  auto summaries = run_jobs(cfg, world, saving);
   for (const auto& s : summaries) EXPECT_EQ(s.last_checkpoint_step, 2);
   ASSERT_TRUE(fs::exists(ckpt::CheckpointDir(cfg.checkpoint.dir).step_path(2)));
 

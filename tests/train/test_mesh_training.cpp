@@ -73,26 +73,7 @@ TEST_F(MeshTraining, TrainingJobRunsTheMeshEngine) {
   cfg.parallel.microbatches = 2;
   cfg.run.dir = (dir / "run").string();
   const int world = 4;
-  auto hub = net::make_inproc_hub(world);
-  std::vector<JobSummary> summaries(world);
-  std::vector<std::exception_ptr> errors(world);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        comm::Communicator comm(net::connect_inproc(hub, r));
-        JobOptions options;
-        options.local_ranks = world;
-        options.progress = nullptr;
-        options.print_sample = false;
-        summaries[static_cast<size_t>(r)] = run_training_job(cfg, &comm, options);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  auto summaries = run_jobs(cfg, world);
   for (const auto& s : summaries) {
     EXPECT_EQ(s.steps, 4);
     ASSERT_TRUE(s.final_val_loss.has_value());

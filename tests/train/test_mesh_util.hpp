@@ -14,6 +14,7 @@
 #include "train/parallel_mesh.hpp"
 #include "train/pipeline_trainer.hpp"
 #include "train/trainer.hpp"
+#include "train/training_job.hpp"
 #include "tests/train/pangram_corpus.hpp"
 
 namespace braid::train::mesh_test {
@@ -88,6 +89,32 @@ struct SingleResult {
   double val_loss = 0;
   torch::Tensor params;
 };
+// run_training_job on `world` ranks as threads (in-process transport), with
+// `base` options plus the test defaults (no progress line, no sample).
+inline std::vector<JobSummary> run_jobs(const TrainConfig& cfg, int world, JobOptions base = {}) {
+  auto hub = net::make_inproc_hub(world);
+  std::vector<JobSummary> summaries(static_cast<size_t>(world));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        comm::Communicator comm(net::connect_inproc(hub, r));
+        JobOptions options = base;
+        options.local_ranks = world;
+        options.progress = nullptr;
+        options.print_sample = false;
+        summaries[static_cast<size_t>(r)] = run_training_job(cfg, &comm, options);
+      } catch (...) {
+        errors[static_cast<size_t>(r)] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return summaries;
+}
+
 inline SingleResult run_single(TrainConfig cfg, int steps) {
   cfg.train.batch_size *= cfg.parallel.dp ? cfg.parallel.dp : 1;
   cfg.train.grad_accum = pipeline_microbatches(cfg.train, cfg.parallel);
