@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <exception>
+#include <thread>
+#include <vector>
+
 #include "core/env.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -61,6 +65,24 @@ World init_world(const InitOptions& o) {
   auto mesh = net::connect_mesh(*w.store, mesh_options_from_env(w.info, o));
   w.comm = std::make_unique<Communicator>(std::move(mesh), copts);
   return w;
+}
+
+void run_in_process(int n, const std::function<void(Communicator&)>& body) {
+  auto hub = net::make_inproc_hub(n);
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        Communicator comm(net::connect_inproc(hub, r));
+        body(comm);
+      } catch (...) {
+        errors[static_cast<size_t>(r)] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 }  // namespace braid::comm

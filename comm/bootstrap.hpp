@@ -6,6 +6,7 @@
 //                 BRAID_RENDEZVOUS (or MASTER_ADDR:MASTER_PORT), e.g. mpirun -x BRAID_RENDEZVOUS=node0:29500
 //   SLURM (srun)  SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NODEID; store as for mpirun
 // With none of these the process is a world of one.
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -66,5 +67,11 @@ World init_world(const InitOptions& options = {});
 // Mesh options filled from the environment and `options` (used by init_world
 // and by anything that builds further meshes, e.g. a new epoch).
 net::MeshOptions mesh_options_from_env(const WorldInfo& info, const InitOptions& options);
+
+// Runs body(comm) for ranks 0..n-1 as threads of this process, each with a
+// Communicator over the in-process transport (benchmarks and tests that need
+// no sockets). Returns when every rank has ended; then rethrows the lowest
+// rank's exception, if any.
+void run_in_process(int n, const std::function<void(Communicator&)>& body);
 
 }  // namespace braid::comm

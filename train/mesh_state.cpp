@@ -26,6 +26,13 @@ ckpt::ByteRange bytes_of(int64_t begin, int64_t length) {
   return {static_cast<uint64_t>(begin) * 4, static_cast<uint64_t>(begin + length) * 4};
 }
 
+// The part of run r whose local elements lie in [lo, hi), or length 0.
+ElementRun clipped(const ElementRun& r, int64_t lo, int64_t hi) {
+  const int64_t a = std::max(r.local_begin, lo), b = std::min(r.local_begin + r.length, hi);
+  if (a >= b) return {r.full_begin, r.local_begin, 0};
+  return {r.full_begin + (a - r.local_begin), a, b - a};
+}
+
 }  // namespace
 
 std::vector<ElementRun> element_runs(const TensorParallelGpt& model, bool include_row_parallel) {
@@ -100,11 +107,15 @@ MeshState::MeshState(PipelineTrainer& trainer) : trainer_(trainer) {
   }
 }
 
-float* MeshState::buffer(int which) const {
+// Buffer `which` holds the local elements [lo, hi): the parameters all of
+// them, the moments optimizer_range() (a dp shard under ZeRO-1).
+MeshState::Buffer MeshState::buffer(int which) const {
+  auto& opt = trainer_.optimizer();
+  const auto [lo, hi] = trainer_.optimizer_range();
   switch (which) {
-    case 0: return trainer_.model().params().param_data();
-    case 1: return trainer_.optimizer().exp_avg().data();
-    default: return trainer_.optimizer().exp_avg_sq().data();
+    case 0: return {trainer_.model().params().param_data(), 0, trainer_.model().params().numel()};
+    case 1: return {opt.exp_avg().data(), lo, hi};
+    default: return {opt.exp_avg_sq().data(), lo, hi};
   }
 }
 
@@ -112,8 +123,12 @@ std::vector<ckpt::HeldBuffer> MeshState::held() const {
   std::vector<ckpt::HeldBuffer> out;
   out.reserve(3 * held_runs_.size());
   for (int b = 0; b < 3; ++b) {
-    const float* base = buffer(b);
-    for (const auto& r : held_runs_) out.push_back({kBuffers[b], bytes_of(r.full_begin, r.length), base + r.local_begin, {}});
+    const Buffer buf = buffer(b);
+    for (const auto& run : held_runs_) {
+      const ElementRun r = clipped(run, buf.lo, buf.hi);
+      if (r.length > 0)
+        out.push_back({kBuffers[b], bytes_of(r.full_begin, r.length), buf.data + (r.local_begin - buf.lo), {}});
+    }
   }
   return out;
 }
@@ -122,8 +137,12 @@ std::vector<ckpt::ReadTarget> MeshState::read_targets() const {
   std::vector<ckpt::ReadTarget> out;
   staging_.assign(3, {});
   for (int b = 0; b < 3; ++b) {
-    float* base = buffer(b);
-    for (const auto& r : direct_runs_) out.push_back({kBuffers[b], bytes_of(r.full_begin, r.length), base + r.local_begin});
+    const Buffer buf = buffer(b);
+    for (const auto& run : direct_runs_) {
+      const ElementRun r = clipped(run, buf.lo, buf.hi);
+      if (r.length > 0)
+        out.push_back({kBuffers[b], bytes_of(r.full_begin, r.length), buf.data + (r.local_begin - buf.lo)});
+    }
     for (const auto& c : column_slots_) {
       auto& stage = staging_[static_cast<size_t>(b)].emplace_back(static_cast<size_t>(c.rows * c.full_cols));
       out.push_back({kBuffers[b], bytes_of(c.full_offset, c.rows * c.full_cols), stage.data()});
@@ -135,14 +154,18 @@ std::vector<ckpt::ReadTarget> MeshState::read_targets() const {
 void MeshState::after_load() {
   if (staging_.size() != 3) throw Error("MeshState::after_load without read_targets()");
   for (int b = 0; b < 3; ++b) {
-    float* base = buffer(b);
+    const Buffer buf = buffer(b);
     for (size_t k = 0; k < column_slots_.size(); ++k) {
       const auto& c = column_slots_[k];
       const float* stage = staging_[static_cast<size_t>(b)][k].data();
       for (int64_t r = 0; r < c.rows; ++r)
-        for (const auto& col : c.columns)
-          std::memcpy(base + c.local_offset + r * c.local_cols + col.local_begin,
-                      stage + r * c.full_cols + col.full_begin, static_cast<size_t>(col.length) * 4);
+        for (const auto& col : c.columns) {
+          const ElementRun run = clipped({r * c.full_cols + col.full_begin, c.local_offset + r * c.local_cols + col.local_begin,
+                                          col.length},
+                                         buf.lo, buf.hi);
+          if (run.length > 0)
+            std::memcpy(buf.data + (run.local_begin - buf.lo), stage + run.full_begin, static_cast<size_t>(run.length) * 4);
+        }
     }
   }
   staging_.clear();

@@ -21,6 +21,9 @@
 // copied in after_load() (one read per tensor instead of one per row, since
 // every read is verified in whole checksum blocks).
 //
+// ZeRO-1 (PipelineTrainer::optimizer_range): the moments cover only this dp
+// rank's shard of the local elements, so their runs are clipped to it.
+//
 // Cost of a save: the held ranges number ~2·width per layer and buffer under
 // tp > 1 (the row-parallel weights); the snapshot copies them as usual.
 #include <vector>
@@ -66,7 +69,11 @@ class MeshState : public CheckpointState {
     int64_t full_offset = 0, local_offset = 0, rows = 0, full_cols = 0, local_cols = 0;
     std::vector<ElementRun> columns;  // of one row: full column, local column, count
   };
-  float* buffer(int which) const;  // 0 params, 1 adam_m, 2 adam_v
+  struct Buffer {
+    float* data;     // local element lo
+    int64_t lo, hi;  // the local elements it holds
+  };
+  Buffer buffer(int which) const;  // 0 params, 1 adam_m, 2 adam_v
 
   PipelineTrainer& trainer_;
   ckpt::StateLayout layout_;

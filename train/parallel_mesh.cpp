@@ -33,9 +33,10 @@ void validate_mesh_config(const ModelConfig& m, const LoopConfig& loop, const Pa
   if (m.layers % p.pp != 0)
     throw ConfigError(fmt::format("'parallel.pp' = {} does not divide 'model.layers' = {}", p.pp, m.layers),
                       "each pipeline stage holds layers / pp blocks: choose pp among the divisors of layers");
-  if (p.sequence_parallel)
-    throw ConfigError("'parallel.sequence_parallel' = true is not implemented",
-                      "leave it false; tensor parallelism then keeps activations replicated over the tp ranks");
+  if (p.sequence_parallel && m.context % p.tp != 0)
+    throw ConfigError(fmt::format("'parallel.sequence_parallel' splits the sequence over tp = {} ranks, which does not "
+                                  "divide 'model.context' = {}", p.tp, m.context),
+                      "choose a context that tp divides, or set parallel.sequence_parallel = false");
   if (p.microbatches > 0 && loop.grad_accum != 1 && loop.grad_accum != p.microbatches)
     throw ConfigError(fmt::format("'parallel.microbatches' = {} conflicts with 'train.grad_accum' = {}",
                                   p.microbatches, loop.grad_accum),

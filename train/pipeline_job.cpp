@@ -76,6 +76,13 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     log::info("mesh: dp {} x tp {} x pp {} ({} schedule, {} micro-batches of {}), {} tokens per step", shape.dp,
               shape.tp, shape.pp, config.parallel.schedule, trainer.microbatches(), config.train.batch_size,
               trainer.tokens_per_step());
+    const auto& pc = config.parallel;
+    if (pc.sequence_parallel || pc.recompute != "none" || pc.zero > 0)
+      log::info("memory modes: sequence parallel {}, recompute {}, ZeRO-{}{}", pc.sequence_parallel ? "on" : "off",
+                pc.recompute, pc.zero,
+                pc.zero > 0 ? fmt::format(" (AdamW moments of {:.2f}M elements on rank 0)",
+                                          static_cast<double>(trainer.optimizer().numel()) * 1e-6)
+                            : "");
     if (run_dir) log::info("run directory: {}", run_dir->path());
     if (config.train.sample_tokens > 0)
       log::info("no text sample at the end: sampling needs the whole model on one rank (tp = pp = 1)");
@@ -153,7 +160,8 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     j["steps"] = summary.steps;
     j["world_size"] = world;
     j["mesh"] = {{"dp", shape.dp}, {"tp", shape.tp}, {"pp", shape.pp}, {"schedule", config.parallel.schedule},
-                 {"microbatches", trainer.microbatches()}};
+                 {"microbatches", trainer.microbatches()}, {"sequence_parallel", config.parallel.sequence_parallel},
+                 {"recompute", config.parallel.recompute}, {"zero", config.parallel.zero}};
     j["cores_per_rank"] = summary.threads;
     j["parameters"] = summary.parameters;
     j["parameters_rank0"] = trainer.model().params().numel();

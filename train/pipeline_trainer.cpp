@@ -32,6 +32,10 @@ StagePlacement placement_of(const ParallelMesh& mesh) {
   return {mesh.tp_rank(), mesh.tp_size(), mesh.pp_rank(), mesh.pp_size()};
 }
 
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+DType dtype_of(const FlatParameters& params) { return params.dtype() == torch::kFloat64 ? DType::F64 : DType::F32; }
+
 }  // namespace
 
 PipelineTrainer::PipelineTrainer(const TrainConfig& config, const TokenDataset& data, ParallelMesh& mesh)
@@ -41,16 +45,29 @@ PipelineTrainer::PipelineTrainer(const TrainConfig& config, const TokenDataset& 
       schedule_(parse_pipeline_schedule(config.parallel.schedule)),
       microbatches_(pipeline_microbatches(config.train, config.parallel)),
       model_(config.model, config.train.seed, placement_of(mesh), mesh.tp(), config.parallel.timeout_s),
-      optimizer_(model_.params().numel(),
+      shard_begin_(config.parallel.zero > 0 ? std::min(model_.params().numel(),
+                                                       mesh.dp_rank() * ceil_div(model_.params().numel(), mesh.dp_size()))
+                                            : 0),
+      shard_end_(config.parallel.zero > 0
+                     ? std::min(model_.params().numel(),
+                                (mesh.dp_rank() + 1) * ceil_div(model_.params().numel(), mesh.dp_size()))
+                     : model_.params().numel()),
+      shard_block_(config.parallel.zero > 0 ? ceil_div(model_.params().numel(), mesh.dp_size()) : 0),
+      optimizer_(shard_end_ - shard_begin_,
                  {config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay}),
       sampler_(data.train().size(), config.model.context, config.train.batch_size, mesh.dp_rank(), mesh.dp_size(),
                config.train.seed) {
+  if (config.parallel.zero > 1)
+    throw ConfigError(fmt::format("parallel.zero = {} under tp/pp", config.parallel.zero),
+                      "the mesh engine shards the optimizer state only: use parallel.zero = 1 with tp/pp");
   if (mesh.tp_size() != config.parallel.tp || mesh.pp_size() != config.parallel.pp)
     throw ConfigError(fmt::format("mesh tp x pp = {} x {} but the config says {} x {}", mesh.tp_size(),
                                   mesh.pp_size(), config.parallel.tp, config.parallel.pp),
                       "build the mesh from resolve_mesh_shape(config.parallel, world)");
   validate_mesh_config(config.model, config.train, config.parallel);
   p2p_.timeout_s = config.parallel.timeout_s;
+  model_.set_recompute(parse_recompute_mode(config.parallel.recompute));
+  model_.set_sequence_parallel(config.parallel.sequence_parallel);
   GptModel layout(config.model, 0);  // only for the FLOP count (same formula as Trainer)
   flops_per_token_ = layout.flops_per_token();
 }
@@ -106,11 +123,66 @@ void PipelineTrainer::sum_tied_embedding_gradients() {
   grad.add_(theirs);  // a + b == b + a exactly: both copies get the same bits
 }
 
+// Averages the stage's gradients over the dp replicas: one all-reduce, or
+// with ZeRO-1 a reduce-scatter that leaves the average of the own shard
+// (the rest of the buffer keeps this replica's sums and is not read).
+void PipelineTrainer::sync_data_parallel_gradients() {
+  auto* dp = mesh_.dp();
+  if (!dp) return;
+  auto grads = model_.params().grads();
+  const DType type = dtype_of(model_.params());
+  comm::CollectiveOptions o;
+  o.timeout_s = config_.parallel.timeout_s;
+  if (shard_block_ == 0) {
+    dp->all_reduce(grads.data_ptr(), grads.data_ptr(), static_cast<size_t>(grads.numel()), type, comm::ReduceOp::Avg, o)
+        .wait();
+    return;
+  }
+  const int64_t n = grads.numel(), padded = shard_block_ * dp->size();
+  auto in = grads;
+  if (padded != n) {  // the last shard is short: reduce a zero-padded copy
+    in = torch::zeros({padded}, grads.options());
+    in.narrow(0, 0, n).copy_(grads);
+  }
+  auto own = torch::empty({shard_block_}, grads.options());
+  dp->reduce_scatter(in.data_ptr(), own.data_ptr(), static_cast<size_t>(shard_block_), type, comm::ReduceOp::Avg, o)
+      .wait();
+  grads.narrow(0, shard_begin_, shard_end_ - shard_begin_).copy_(own.narrow(0, 0, shard_end_ - shard_begin_));
+}
+
+// Clipped AdamW over the optimizer's range; with ZeRO-1 the dp ranks then
+// all-gather their updated shards.
+void PipelineTrainer::apply_optimizer(double lr, double grad_scale) {
+  torch::NoGradGuard no_grad;
+  auto& params = model_.params();
+  if (params.dtype() != torch::kFloat32) throw Error("the optimizer runs on float32 parameters");
+  optimizer_.begin_step();
+  // Moment i belongs to element shard_begin_ + i.
+  float* p = params.param_data() + shard_begin_;
+  const float* g = params.grad_data() + shard_begin_;
+  for (const auto& s : params.slots()) {
+    const int64_t a = std::max(s.offset, shard_begin_), b = std::min(s.offset + s.numel, shard_end_);
+    if (a < b) optimizer_.update(p, g, a - shard_begin_, b - shard_begin_, lr, grad_scale, s.decay);
+  }
+  auto* dp = mesh_.dp();
+  if (shard_block_ == 0 || !dp) return;
+  auto flat = params.params();
+  const int64_t n = flat.numel();
+  auto own = torch::zeros({shard_block_}, flat.options());
+  own.narrow(0, 0, shard_end_ - shard_begin_).copy_(flat.narrow(0, shard_begin_, shard_end_ - shard_begin_));
+  auto all = torch::empty({shard_block_ * dp->size()}, flat.options());
+  comm::CollectiveOptions o;
+  o.timeout_s = config_.parallel.timeout_s;
+  dp->all_gather(own.data_ptr(), all.data_ptr(), static_cast<size_t>(shard_block_), dtype_of(params), o).wait();
+  flat.copy_(all.narrow(0, 0, n));
+}
+
 StepMetrics PipelineTrainer::train_step() {
   Stopwatch step_clock;
   StepMetrics m;
   const int64_t T = config_.model.context, B = config_.train.batch_size, C = config_.model.width;
   const int64_t V = config_.model.vocab_size, M = microbatches_;
+  const int64_t t = model_.local_sequence(T);  // positions per rank in the stages' messages
   const int stage = mesh_.pp_rank(), stages = mesh_.pp_size();
   const bool first = mesh_.first_stage(), last = mesh_.last_stage();
   const uint64_t sent_before = bytes_sent_on(mesh_);
@@ -130,7 +202,7 @@ StepMetrics PipelineTrainer::train_step() {
       if (first) {
         input = batches[mb].narrow(1, 0, T);
       } else {
-        input = receive({B, T, C}, stage - 1, activation_tag(action.microbatch)).requires_grad_(true);
+        input = receive({B, t, C}, stage - 1, activation_tag(action.microbatch)).requires_grad_(true);
         inputs[mb] = input;
       }
       auto out = model_.forward(input);
@@ -146,7 +218,7 @@ StepMetrics PipelineTrainer::train_step() {
       if (last) {
         outputs[mb].backward();
       } else {
-        auto grad = receive({B, T, C}, stage + 1, gradient_tag(action.microbatch));
+        auto grad = receive({B, t, C}, stage + 1, gradient_tag(action.microbatch));
         outputs[mb].backward(grad);
       }
       if (!first) send(inputs[mb].grad(), stage - 1, gradient_tag(action.microbatch));
@@ -157,22 +229,19 @@ StepMetrics PipelineTrainer::train_step() {
   wait_sends();
   timing_.pipeline_s = pipeline_clock.seconds();
 
-  // Gradient sync: the tied embedding's two copies, then the replicas.
+  // Gradient sync: sequence-parallel partial sums over tp, the tied
+  // embedding's two copies, then the replicas.
   Stopwatch sync_clock;
+  model_.sync_sequence_parallel_grads();
   sum_tied_embedding_gradients();
-  if (auto* dp = mesh_.dp()) {
-    auto grads = model_.params().grads();
-    comm::CollectiveOptions o;
-    o.timeout_s = config_.parallel.timeout_s;
-    dp->all_reduce(grads.data_ptr(), grads.data_ptr(), static_cast<size_t>(grads.numel()),
-                   model_.params().dtype() == torch::kFloat64 ? DType::F64 : DType::F32, comm::ReduceOp::Avg, o)
-        .wait();
-  }
+  sync_data_parallel_gradients();
 
-  // Loss and global norm: each rank adds what it alone accounts for.
+  // Loss and global norm: each rank adds what it alone accounts for (with
+  // ZeRO-1 every dp rank its shard of the averaged gradient).
   const bool counts_loss = last && mesh_.tp_rank() == 0;
+  const bool counts_norm = shard_block_ > 0 || mesh_.dp_rank() == 0;
   std::vector<double> v = {counts_loss ? loss_sum / static_cast<double>(M) : 0.0,
-                           mesh_.dp_rank() == 0 ? model_.grad_sum_of_squares_share() : 0.0};
+                           counts_norm ? model_.grad_sum_of_squares_share(shard_begin_, shard_end_) : 0.0};
   for (int k = 0; k < kStepRequestKinds; ++k) v.push_back((local_requests_ >> k) & 1u ? 1.0 : 0.0);
   local_requests_ = 0;
   all_reduce_sum(mesh_.world(), v, config_.parallel.timeout_s);
@@ -188,14 +257,7 @@ StepMetrics PipelineTrainer::train_step() {
   m.lr = lr_at(step_, config_.train.steps, config_.optim.warmup_steps, config_.optim.lr, config_.optim.min_lr);
   {
     const double clip = config_.optim.grad_clip;
-    const double scale = clip > 0 && m.grad_norm > clip ? clip / (m.grad_norm + 1e-6) : 1.0;
-    torch::NoGradGuard no_grad;
-    auto& params = model_.params();
-    if (params.dtype() != torch::kFloat32) throw Error("the optimizer runs on float32 parameters");
-    optimizer_.begin_step();
-    float* p = params.param_data();
-    const float* g = params.grad_data();
-    for (const auto& s : params.slots()) optimizer_.update(p, g, s.offset, s.offset + s.numel, m.lr, scale, s.decay);
+    apply_optimizer(m.lr, clip > 0 && m.grad_norm > clip ? clip / (m.grad_norm + 1e-6) : 1.0);
   }
   ++step_;
   m.step = step_;
@@ -231,7 +293,7 @@ std::optional<double> PipelineTrainer::evaluate() {
                                 offsets.begin() + static_cast<std::ptrdiff_t>(begin + n));
     auto batch = load_windows(data_.val(), chunk);
     const auto rows = static_cast<int64_t>(n);
-    auto x = first ? batch.narrow(1, 0, T) : receive({rows, T, C}, stage - 1, kEvalTag);
+    auto x = first ? batch.narrow(1, 0, T) : receive({rows, model_.local_sequence(T), C}, stage - 1, kEvalTag);
     auto out = model_.forward(x);
     if (!last) {
       send(out, stage + 1, kEvalTag);

@@ -18,6 +18,14 @@
 //                   last stages, Σ g² shares from every rank of dp rank 0
 //   optimizer       clipped AdamW over the local flat buffers
 //
+// parallel.zero = 1 (Megatron's distributed optimizer): the AdamW moments of
+// the stage's flat buffer are sharded over the dp group — dp rank d owns the
+// local elements [d·⌈n/dp⌉, (d+1)·⌈n/dp⌉) — the gradients are
+// reduce-scattered instead of all-reduced, each dp rank updates its own
+// range, and the parameters are all-gathered. Bytes sent are the same as one
+// all-reduce; the moments (8 bytes per parameter) shrink by dp. Stages 2 and
+// 3 are not combined with tp/pp (train_config.cpp says why).
+//
 // The step is the same math as Trainer on one process with batch_size·dp
 // sequences and M accumulation steps; tests check K steps to 1e-5.
 //
@@ -67,6 +75,10 @@ class PipelineTrainer {
   const TrainConfig& config() const { return config_; }
   TensorParallelGpt& model() { return model_; }
   FlatAdamW& optimizer() { return optimizer_; }
+  // The local flat elements [first, second) whose moments optimizer() holds
+  // (moment i is element first + i): the whole stage, or with ZeRO-1 this dp
+  // rank's shard.
+  std::pair<int64_t, int64_t> optimizer_range() const { return {shard_begin_, shard_end_}; }
   BatchSampler& sampler() { return sampler_; }
   ParallelMesh& mesh() { return mesh_; }
   const PipelineTiming& last_timing() const { return timing_; }
@@ -81,6 +93,8 @@ class PipelineTrainer {
   void send(const torch::Tensor& t, int peer, uint32_t tag);
   void wait_sends();
   void sum_tied_embedding_gradients();
+  void sync_data_parallel_gradients();
+  void apply_optimizer(double lr, double grad_scale);
 
   TrainConfig config_;
   const TokenDataset& data_;
@@ -88,6 +102,8 @@ class PipelineTrainer {
   PipelineScheduleKind schedule_;
   int64_t microbatches_;
   TensorParallelGpt model_;
+  int64_t shard_begin_ = 0, shard_end_ = 0;  // optimizer_range()
+  int64_t shard_block_ = 0;                  // ZeRO-1: ⌈n/dp⌉ (0 without)
   FlatAdamW optimizer_;
   BatchSampler sampler_;
   comm::CollectiveOptions p2p_;

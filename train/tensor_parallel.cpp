@@ -55,8 +55,115 @@ class ReduceFromTensorParallel : public torch::autograd::Function<ReduceFromTens
 };
 
 int64_t as_int(comm::Communicator* c) { return static_cast<int64_t>(reinterpret_cast<intptr_t>(c)); }
+comm::Communicator* as_comm(int64_t c) { return reinterpret_cast<comm::Communicator*>(static_cast<intptr_t>(c)); }
+
+void check_sequence_shape(const torch::Tensor& x, int parts, const char* what) {
+  if (x.dim() != 3 || x.size(1) % parts != 0)
+    throw Error(fmt::format("sequence parallelism: {} of shape {} cannot be split {} ways on its sequence dimension",
+                            what, fmt::join(x.sizes(), "x"), parts),
+                "use a context (and sample length) that tp divides");
+}
+
+// [B, t, C] per rank -> [B, tp·t, C], rank r's positions at [r·t, (r+1)·t).
+torch::Tensor all_gathered_sequence(const torch::Tensor& x, comm::Communicator* comm, double timeout_s) {
+  const int n = comm->size();
+  auto in = x.contiguous();
+  auto blocks = torch::empty({n, in.size(0), in.size(1), in.size(2)}, in.options());
+  comm::CollectiveOptions o;
+  o.timeout_s = timeout_s;
+  comm->all_gather(in.data_ptr(), blocks.data_ptr(), static_cast<size_t>(in.numel()), comm_dtype_of(in), o).wait();
+  return blocks.permute({1, 0, 2, 3}).reshape({in.size(0), n * in.size(1), in.size(2)});
+}
+
+// [B, T, C] partial sums -> this rank's positions [B, T/tp, C] of the sum.
+torch::Tensor reduce_scattered_sequence(const torch::Tensor& x, comm::Communicator* comm, double timeout_s) {
+  const int n = comm->size();
+  check_sequence_shape(x, n, "an activation");
+  const int64_t B = x.size(0), t = x.size(1) / n, C = x.size(2);
+  auto blocks = x.reshape({B, n, t, C}).permute({1, 0, 2, 3}).contiguous();
+  auto out = torch::empty({B, t, C}, x.options());
+  comm::CollectiveOptions o;
+  o.timeout_s = timeout_s;
+  comm->reduce_scatter(blocks.data_ptr(), out.data_ptr(), static_cast<size_t>(out.numel()), comm_dtype_of(x),
+                       comm::ReduceOp::Sum, o)
+      .wait();
+  return out;
+}
+
+torch::Tensor own_positions(const torch::Tensor& x, comm::Communicator* comm) {
+  check_sequence_shape(x, comm->size(), "an activation");
+  const int64_t t = x.size(1) / comm->size();
+  return x.narrow(1, comm->rank() * t, t).contiguous();
+}
+
+class GatherSequence : public torch::autograd::Function<GatherSequence> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm, double timeout_s) {
+    save_comm(ctx, as_comm(comm), timeout_s);
+    return all_gathered_sequence(x, as_comm(comm), timeout_s);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {reduce_scattered_sequence(grads[0], comm_of(ctx), ctx->saved_data["timeout"].toDouble()), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+class ScatterSequence : public torch::autograd::Function<ScatterSequence> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm, double timeout_s) {
+    save_comm(ctx, as_comm(comm), timeout_s);
+    return reduce_scattered_sequence(x, as_comm(comm), timeout_s);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {all_gathered_sequence(grads[0], comm_of(ctx), ctx->saved_data["timeout"].toDouble()), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+class SplitSequence : public torch::autograd::Function<SplitSequence> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm, double timeout_s) {
+    save_comm(ctx, as_comm(comm), timeout_s);
+    return own_positions(x, as_comm(comm));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {all_gathered_sequence(grads[0], comm_of(ctx), ctx->saved_data["timeout"].toDouble()), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+class UnsplitSequence : public torch::autograd::Function<UnsplitSequence> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm, double timeout_s) {
+    save_comm(ctx, as_comm(comm), timeout_s);
+    return all_gathered_sequence(x, as_comm(comm), timeout_s);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {own_positions(grads[0], comm_of(ctx)), torch::Tensor(), torch::Tensor()};
+  }
+};
 
 }  // namespace
+
+torch::Tensor gather_sequence(const torch::Tensor& x, comm::Communicator* tp, double timeout_s) {
+  if (!tp || tp->size() == 1) return x;
+  return GatherSequence::apply(x, as_int(tp), timeout_s);
+}
+
+torch::Tensor scatter_sequence(const torch::Tensor& x, comm::Communicator* tp, double timeout_s) {
+  if (!tp || tp->size() == 1) return x;
+  return ScatterSequence::apply(x, as_int(tp), timeout_s);
+}
+
+torch::Tensor split_sequence(const torch::Tensor& x, comm::Communicator* tp, double timeout_s) {
+  if (!tp || tp->size() == 1) return x;
+  return SplitSequence::apply(x, as_int(tp), timeout_s);
+}
+
+torch::Tensor unsplit_sequence(const torch::Tensor& x, comm::Communicator* tp, double timeout_s) {
+  if (!tp || tp->size() == 1) return x;
+  return UnsplitSequence::apply(x, as_int(tp), timeout_s);
+}
 
 void all_reduce_tensor_sum(torch::Tensor& t, comm::Communicator* comm, double timeout_s) {
   if (!comm || comm->size() == 1) return;

@@ -147,19 +147,47 @@ void TensorParallelGpt::copy_from_full(const torch::Tensor& full_flat) {
 
 void TensorParallelGpt::copy_to_full(torch::Tensor& full_flat) const { gather_to_full(params_.params(), full_flat); }
 
-double TensorParallelGpt::grad_sum_of_squares_share() const {
+double TensorParallelGpt::grad_sum_of_squares_share(int64_t begin, int64_t end) const {
+  if (end < 0) end = params_.numel();
   double sum = 0;
   for (size_t i = 0; i < sharding_.size(); ++i) {
     if (!sharding_[i].counted_in_norm) continue;
     const auto& s = params_.slots()[i];
-    sum += params_.grad_sum_of_squares(s.offset, s.offset + s.numel);
+    const int64_t a = std::max(begin, s.offset), b = std::min(end, s.offset + s.numel);
+    if (a < b) sum += params_.grad_sum_of_squares(a, b);
   }
   return sum;
+}
+
+void TensorParallelGpt::set_sequence_parallel(bool on) {
+  if (on && config_.context % place_.tp != 0)
+    throw ConfigError(fmt::format("sequence parallelism: tp = {} does not divide model.context = {}", place_.tp,
+                                  config_.context),
+                      "choose a context that tp divides, or set parallel.sequence_parallel = false");
+  sequence_parallel_ = on && place_.tp > 1;
+}
+
+void TensorParallelGpt::sync_sequence_parallel_grads() {
+  if (!sequence_parallel_) return;
+  std::vector<torch::Tensor> grads;
+  for (const auto& b : blocks_)
+    for (int slot : {b.ln1_w, b.ln1_b, b.attn_proj_b, b.ln2_w, b.ln2_b, b.mlp_proj_b})
+      grads.push_back(params_.slots()[static_cast<size_t>(slot)].grad.view({-1}));
+  if (grads.empty()) return;
+  torch::NoGradGuard no_grad;
+  auto packed = torch::cat(grads);
+  all_reduce_tensor_sum(packed, tp_, timeout_s_);
+  int64_t at = 0;
+  for (auto& g : grads) {
+    g.copy_(packed.narrow(0, at, g.numel()));
+    at += g.numel();
+  }
 }
 
 torch::Tensor TensorParallelGpt::forward(const torch::Tensor& input) {
   const int64_t C = config_.width;
   const int64_t local_heads = config_.heads / place_.tp;
+  const bool sp = sequence_parallel_;
   torch::Tensor x;
   if (place_.first_stage()) {
     const int64_t T = input.size(1);
@@ -167,20 +195,35 @@ torch::Tensor TensorParallelGpt::forward(const torch::Tensor& input) {
       throw Error(fmt::format("TensorParallelGpt: input of shape {} does not fit context {}",
                               fmt::join(input.sizes(), "x"), config_.context));
     x = torch::embedding(p(wte_), input) + p(wpe_).narrow(0, 0, T);
+    if (sp) x = split_sequence(x, tp_, timeout_s_);
   } else {
     x = input;
   }
-  auto f = [&](const torch::Tensor& t) { return copy_to_tensor_parallel(t, tp_, timeout_s_); };
-  auto g = [&](const torch::Tensor& t) { return reduce_from_tensor_parallel(t, tp_, timeout_s_); };
+  // Into and out of the split linears: f / g, or with sequence parallelism
+  // the all-gather / reduce-scatter on the sequence dimension.
+  auto enter = [this, sp](const torch::Tensor& t) {
+    return sp ? gather_sequence(t, tp_, timeout_s_) : copy_to_tensor_parallel(t, tp_, timeout_s_);
+  };
+  auto leave = [this, sp](const torch::Tensor& t) {
+    return sp ? scatter_sequence(t, tp_, timeout_s_) : reduce_from_tensor_parallel(t, tp_, timeout_s_);
+  };
   for (const auto& b : blocks_) {
-    auto h = f(torch::layer_norm(x, {C}, p(b.ln1_w), p(b.ln1_b), 1e-5));
-    auto y = causal_self_attention(torch::linear(h, p(b.qkv_w), p(b.qkv_b)), local_heads);
-    x = x + (g(torch::linear(y, p(b.attn_proj_w))) + p(b.attn_proj_b));
-    h = f(torch::layer_norm(x, {C}, p(b.ln2_w), p(b.ln2_b), 1e-5));
-    h = train::gelu(torch::linear(h, p(b.fc_w), p(b.fc_b)));
-    x = x + (g(torch::linear(h, p(b.mlp_proj_w))) + p(b.mlp_proj_b));
+    BlockParts parts;
+    // By value: a recomputing backward calls these after forward() returned.
+    parts.attention = [this, b, C, local_heads, enter, leave](const torch::Tensor& in) {
+      auto h = enter(torch::layer_norm(in, {C}, p(b.ln1_w), p(b.ln1_b), 1e-5));
+      auto y = causal_self_attention(torch::linear(h, p(b.qkv_w), p(b.qkv_b)), local_heads);
+      return leave(torch::linear(y, p(b.attn_proj_w))) + p(b.attn_proj_b);
+    };
+    parts.mlp = [this, b, C, enter, leave](const torch::Tensor& in) {
+      auto h = enter(torch::layer_norm(in, {C}, p(b.ln2_w), p(b.ln2_b), 1e-5));
+      h = train::gelu(torch::linear(h, p(b.fc_w), p(b.fc_b)));
+      return leave(torch::linear(h, p(b.mlp_proj_w))) + p(b.mlp_proj_b);
+    };
+    x = run_block_recomputing(recompute_, parts, x);
   }
   if (!place_.last_stage()) return x;
+  if (sp) x = unsplit_sequence(x, tp_, timeout_s_);
   x = torch::layer_norm(x, {C}, p(lnf_w_), p(lnf_b_), 1e-5);
   return torch::linear(x, p(wte_));
 }

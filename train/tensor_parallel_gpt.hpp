@@ -19,6 +19,17 @@
 // weights, plus two all-reduces of B·T·C activations forward (g after the
 // attention and the MLP) and two backward (f before them).
 //
+// Options (set before the first forward):
+//   recompute          none / selective / full per block (recompute.hpp); the
+//                      recomputed forward repeats the block's tp collectives
+//                      inside backward, in the same order on every tp rank.
+//   sequence parallel  activations outside the split linears are cut on the
+//                      sequence dimension (tensor_parallel.hpp): the stage's
+//                      input and output are [B, T/tp, C]. The LayerNorms and
+//                      row-parallel biases then see only their rank's
+//                      positions, so their gradients are partial sums that
+//                      sync_sequence_parallel_grads() adds up over tp.
+//
 // The weights are those of GptModel(config, seed): the full model is built
 // from the seed and each rank copies its slices (copy_from_full), so every
 // (tp, pp) layout starts from the same numbers as one process.
@@ -29,6 +40,7 @@
 #include "comm/communicator.hpp"
 #include "train/flat_parameters.hpp"
 #include "train/gpt_model.hpp"
+#include "train/recompute.hpp"
 #include "train/train_config.hpp"
 
 namespace braid::train {
@@ -63,9 +75,21 @@ class TensorParallelGpt {
   TensorParallelGpt(const TensorParallelGpt&) = delete;
   TensorParallelGpt& operator=(const TensorParallelGpt&) = delete;
 
-  // First stage: idx [B, T] token ids; other stages: activations [B, T, C].
-  // Returns activations [B, T, C], or logits [B, T, V] on the last stage.
+  void set_recompute(RecomputeMode mode) { recompute_ = mode; }
+  // Throws ConfigError if tp does not divide the context.
+  void set_sequence_parallel(bool on);
+  bool sequence_parallel() const { return sequence_parallel_; }
+  // Positions per rank of a stage's activations for sequence length T.
+  int64_t local_sequence(int64_t T) const { return sequence_parallel_ ? T / place_.tp : T; }
+
+  // First stage: idx [B, T] token ids; other stages: activations
+  // [B, local_sequence(T), C]. Returns such activations, or logits [B, T, V]
+  // on the last stage.
   torch::Tensor forward(const torch::Tensor& input);
+  // Sequence parallelism: sums the partial gradients of the replicated
+  // parameters inside the sequence-split region over the tp group (one
+  // all-reduce; every tp rank must call it after backward). No-op otherwise.
+  void sync_sequence_parallel_grads();
 
   // This rank's elements of the full model's flat parameter buffer (layout of
   // GptModel(config)): copy_from_full reads them, copy_to_full writes them
@@ -80,7 +104,9 @@ class TensorParallelGpt {
   // parameters on every tp rank, replicated ones on tp rank 0 only, the tied
   // embedding on the first stage only. Summed over a model replica's ranks it
   // is the full model's Σ g².
-  double grad_sum_of_squares_share() const;
+  // With a range, only the local flat elements [begin, end) count (ZeRO-1
+  // over dp: each dp rank adds its own shard).
+  double grad_sum_of_squares_share(int64_t begin = 0, int64_t end = -1) const;
 
   // Slot of the wte copy on the last stage (pp > 1), or -1.
   int tied_embedding_copy() const { return wte_copy_ ? wte_ : -1; }
@@ -126,6 +152,8 @@ class TensorParallelGpt {
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   bool wte_copy_ = false;
   std::vector<Block> blocks_;
+  RecomputeMode recompute_ = RecomputeMode::None;
+  bool sequence_parallel_ = false;
 };
 
 }  // namespace braid::train

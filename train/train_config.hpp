@@ -77,7 +77,7 @@ struct ParallelConfig {
   int64_t dp = 0;                       // data-parallel replicas; 0 = world / (tp * pp)
   int64_t tp = 1;                       // tensor-parallel ranks (Megatron: heads and MLP hidden split)
   int64_t pp = 1;                       // pipeline stages (model.layers split evenly)
-  bool sequence_parallel = false;       // not implemented yet: true is a ConfigError
+  bool sequence_parallel = false;       // split activations on the sequence outside the tp linears (tp must divide context)
   std::string schedule = "1f1b";        // pipeline schedule: "gpipe" | "1f1b"
   int64_t microbatches = 0;             // pipeline micro-batches per step; 0 = train.grad_accum
   // Memory modes (train/zero.hpp, train/recompute.hpp, docs/parallelism.md).

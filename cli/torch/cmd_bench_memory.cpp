@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "cli/command.hpp"
+#include "comm/bootstrap.hpp"
 #include "comm/communicator.hpp"
 #include "core/bytes.hpp"
 #include "core/clock.hpp"
@@ -32,6 +33,8 @@
 #include "net/mesh.hpp"
 #include "train/compute_threads.hpp"
 #include "train/memory_accounting.hpp"
+#include "train/parallel_mesh.hpp"
+#include "train/pipeline_trainer.hpp"
 #include "train/recompute.hpp"
 #include "train/trainer.hpp"
 
@@ -101,43 +104,146 @@ ModeResult run_mode(const BenchMemoryArgs& a, int stage, int64_t num_params) {
   res.expected = train::expected_model_state(num_params, stage, a.ranks);
   const auto cfg = job_config(a, stage, "none");
   const auto& data = synthetic_corpus(a.context);
-  auto hub = net::make_inproc_hub(a.ranks);
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(a.ranks));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < a.ranks; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        comm::Communicator comm(net::connect_inproc(hub, r));
-        train::Trainer t(cfg, data, &comm);
-        t.train_step();  // warm-up: first-touch and allocator effects stay out of the timing
-        Stopwatch sw;
-        train::StepMetrics m;
-        for (int s = 0; s < a.steps; ++s) m = t.train_step();
-        const double seconds = sw.seconds();
-        if (r != 0) return;
-        res.tokens_per_s = static_cast<double>(t.tokens_per_step()) * a.steps / seconds;
-        res.final_loss = m.loss;
-        if (auto* z = t.zero()) {
-          const auto& mem = z->memory();
-          res.measured_peak = {static_cast<double>(mem.params.peak), static_cast<double>(mem.grads.peak),
-                               static_cast<double>(mem.optimizer.peak)};
-        } else {
-          // Plain data parallelism: the flat buffers and the full moments.
-          res.measured_peak = {4 * static_cast<double>(t.model().params().params().numel()),
-                               4 * static_cast<double>(t.model().params().grads().numel()),
-                               8 * static_cast<double>(t.optimizer().numel())};
-        }
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  comm::run_in_process(a.ranks, [&](comm::Communicator& comm) {
+    train::Trainer t(cfg, data, &comm);
+    t.train_step();  // warm-up: first-touch and allocator effects stay out of the timing
+    Stopwatch sw;
+    train::StepMetrics m;
+    for (int s = 0; s < a.steps; ++s) m = t.train_step();
+    const double seconds = sw.seconds();
+    if (comm.rank() != 0) return;
+    res.tokens_per_s = static_cast<double>(t.tokens_per_step()) * a.steps / seconds;
+    res.final_loss = m.loss;
+    if (auto* z = t.zero()) {
+      const auto& mem = z->memory();
+      res.measured_peak = {static_cast<double>(mem.params.peak), static_cast<double>(mem.grads.peak),
+                           static_cast<double>(mem.optimizer.peak)};
+    } else {
+      // Plain data parallelism: the flat buffers and the full moments.
+      res.measured_peak = {4 * static_cast<double>(t.model().params().params().numel()),
+                           4 * static_cast<double>(t.model().params().grads().numel()),
+                           8 * static_cast<double>(t.optimizer().numel())};
+    }
+  });
   res.ran = true;
   return res;
 }
+
+// ---------------------------------------------------------------- mesh modes
+// The same model on the dp x tp x pp mesh (train/pipeline_trainer.hpp),
+// a.ranks ranks as threads, 4 micro-batches of a.batch sequences per step.
+struct MeshMode {
+  std::string name;
+  int dp = 1, tp = 1, pp = 1, zero = 0;
+  bool sequence_parallel = false;
+};
+
+struct MeshResult {
+  MeshMode mode;
+  bool ran = false;
+  ModelStateBytes expected, measured;  // per rank: the largest over the ranks
+  double split_params = 0;             // bytes of the weights tp splits, held by rank 0
+  double tokens_per_s = 0;
+  double bubble_share = 0;  // rank 0's measured share of the pipeline time spent waiting
+  double bubble_ideal = 0;  // (pp-1)/(M+pp-1)
+  double final_loss = 0;
+  std::string note;
+};
+
+constexpr int64_t kMeshMicrobatches = 4;
+
+// The weights tensor parallelism splits (column-parallel qkv and fc with
+// their biases, row-parallel output projections without theirs).
+bool is_tp_split(const std::string& name) {
+  for (const char* suffix : {".attn.qkv.weight", ".attn.qkv.bias", ".attn.proj.weight", ".mlp.fc.weight",
+                             ".mlp.fc.bias", ".mlp.proj.weight"})
+    if (name.ends_with(suffix)) return true;
+  return false;
+}
+
+// Elements of one rank of the mesh (stage `stage`), from the layout of
+// train/tensor_parallel_gpt.hpp: per block the split weights / tp plus the
+// replicated LayerNorms and row-parallel biases; wte + wpe on the first
+// stage, lnf (and with pp > 1 a copy of wte) on the last.
+int64_t mesh_rank_elements(const BenchMemoryArgs& a, const MeshMode& m, int stage) {
+  const int64_t C = a.width, V = a.vocab, L = a.layers;
+  const int64_t split = 3 * C * C + 3 * C + C * C + 4 * C * C + 4 * C + 4 * C * C, replicated = 6 * C;
+  int64_t n = L / m.pp * (split / m.tp + replicated);
+  if (stage == 0) n += V * C + a.context * C;
+  if (stage == m.pp - 1) n += 2 * C + (m.pp > 1 ? V * C : 0);
+  return n;
+}
+
+train::TrainConfig mesh_config(const BenchMemoryArgs& a, const MeshMode& m) {
+  auto c = job_config(a, m.zero, "none");
+  c.parallel.dp = m.dp;
+  c.parallel.tp = m.tp;
+  c.parallel.pp = m.pp;
+  c.parallel.sequence_parallel = m.sequence_parallel;
+  c.parallel.microbatches = kMeshMicrobatches;
+  return c;
+}
+
+MeshResult run_mesh_mode(const BenchMemoryArgs& a, const MeshMode& mode) {
+  MeshResult res;
+  res.mode = mode;
+  for (int stage = 0; stage < mode.pp; ++stage) {
+    const double n = static_cast<double>(mesh_rank_elements(a, mode, stage));
+    const double moments = mode.zero > 0 ? std::ceil(n / mode.dp) : n;
+    if (4 * n + 4 * n + 8 * moments > res.expected.total()) res.expected = {4 * n, 4 * n, 8 * moments};
+  }
+  const auto cfg = mesh_config(a, mode);
+  const auto& data = synthetic_corpus(a.context);
+  const int world = mode.dp * mode.tp * mode.pp;
+  std::vector<ModelStateBytes> per_rank(static_cast<size_t>(world));
+  comm::run_in_process(world, [&](comm::Communicator& comm) {
+    train::ParallelMesh mesh(&comm, train::MeshShape{mode.dp, mode.tp, mode.pp});
+    train::PipelineTrainer t(cfg, data, mesh);
+    t.train_step();  // warm-up, as for the DP rows
+    Stopwatch sw;
+    train::StepMetrics m;
+    double bubble = 0, pipeline = 0;
+    for (int s = 0; s < a.steps; ++s) {
+      m = t.train_step();
+      bubble += t.last_timing().bubble_s;
+      pipeline += t.last_timing().pipeline_s;
+    }
+    const double seconds = sw.seconds();
+    const double n = static_cast<double>(t.model().params().numel());
+    per_rank[static_cast<size_t>(comm.rank())] = {4 * n, 4 * n, 8 * static_cast<double>(t.optimizer().numel())};
+    if (comm.rank() != 0) return;
+    res.tokens_per_s = static_cast<double>(t.tokens_per_step()) * a.steps / seconds;
+    res.final_loss = m.loss;
+    res.bubble_share = pipeline > 0 ? bubble / pipeline : 0;
+    res.bubble_ideal = static_cast<double>(mode.pp - 1) / static_cast<double>(kMeshMicrobatches + mode.pp - 1);
+    for (const auto& slot : t.model().params().slots())
+      if (is_tp_split(slot.name)) res.split_params += 4 * static_cast<double>(slot.numel);
+  });
+  for (const auto& b : per_rank)
+    if (b.total() > res.measured.total()) res.measured = b;
+  res.ran = true;
+  return res;
+}
+
+// The mesh shapes that a.ranks ranks and the model allow, in a fixed order.
+std::vector<MeshMode> mesh_modes(const BenchMemoryArgs& a) {
+  std::vector<MeshMode> out;
+  const bool tp2 = a.heads % 2 == 0 && a.context % 2 == 0, pp2 = a.layers % 2 == 0;
+  if (a.ranks % 2 != 0) return out;
+  const int half = a.ranks / 2;
+  if (tp2) out.push_back({fmt::format("dp{}xtp2", half), half, 2, 1});
+  if (pp2) out.push_back({fmt::format("dp{}xpp2", half), half, 1, 2});
+  if (tp2 && half > 1) out.push_back({fmt::format("dp{}xtp2+z1", half), half, 2, 1, 1});
+  if (tp2 && pp2 && a.ranks % 4 == 0) {
+    const int dp = a.ranks / 4;
+    const std::string prefix = dp > 1 ? fmt::format("dp{}x", dp) : "";
+    out.push_back({prefix + "tp2xpp2", dp, 2, 2});
+    out.push_back({prefix + "tp2xpp2+sp", dp, 2, 2, 0, true});
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- activations
 
 struct ActivationResult {
   std::string mode;
@@ -234,6 +340,39 @@ int run_bench_memory(const BenchMemoryArgs& a) {
   }
   const double plain_state = train::expected_model_state(num_params, 0, a.ranks).total();
 
+  // Mesh rows: activations for --mem-limit counted as plain DP's per layer
+  // (an upper bound under tp) for the layers of one stage, times the
+  // micro-batches 1F1B keeps in flight on the first stage.
+  std::vector<MeshResult> mesh;
+  for (const auto& mode : mesh_modes(a)) {
+    const double acts_here = train_activations * static_cast<double>(std::min<int64_t>(mode.pp, kMeshMicrobatches)) /
+                             static_cast<double>(mode.pp);
+    MeshResult probe;
+    probe.mode = mode;
+    if (limit) {
+      // The formula alone decides whether the mode is run.
+      for (int stage = 0; stage < mode.pp; ++stage) {
+        const double n = static_cast<double>(mesh_rank_elements(a, mode, stage));
+        const double need = 16 * n - (mode.zero > 0 ? 8 * n * (1 - 1.0 / mode.dp) : 0) + acts_here;
+        if (need > static_cast<double>(limit)) probe.note = fmt::format("does not fit --mem-limit: needs {} MiB per rank", mib(need));
+      }
+    }
+    if (!probe.note.empty()) {
+      mesh.push_back(probe);
+      continue;
+    }
+    if (!a.json) std::fprintf(stderr, "running %s...\n", mode.name.c_str());
+    auto r = run_mesh_mode(a, mode);
+    if (limit && r.measured.total() + acts_here > static_cast<double>(limit))
+      r.note = fmt::format("measured {} MiB exceeds --mem-limit", mib(r.measured.total() + acts_here));
+    mesh.push_back(r);
+  }
+  const double dp_split_params = [&] {
+    // Bytes of the weights tp splits, whole (what one DP rank holds).
+    const double C = static_cast<double>(a.width);
+    return 4 * static_cast<double>(a.layers) * (3 * C * C + 3 * C + C * C + 4 * C * C + 4 * C + 4 * C * C);
+  }();
+
   nlohmann::ordered_json j;
   j["model"] = {{"layers", a.layers}, {"width", a.width}, {"heads", a.heads}, {"vocab", a.vocab},
                 {"parameters", num_params}, {"context", a.context}, {"batch_per_rank", a.batch}};
@@ -257,6 +396,33 @@ int run_bench_memory(const BenchMemoryArgs& a) {
     if (!r.note.empty()) o["note"] = r.note;
     j["model_state"].push_back(o);
   }
+  j["mesh"] = nlohmann::ordered_json::array();
+  for (const auto& r : mesh) {
+    nlohmann::ordered_json o;
+    o["mode"] = r.mode.name;
+    o["dp"] = r.mode.dp;
+    o["tp"] = r.mode.tp;
+    o["pp"] = r.mode.pp;
+    o["zero"] = r.mode.zero;
+    o["sequence_parallel"] = r.mode.sequence_parallel;
+    o["microbatches"] = kMeshMicrobatches;
+    o["ran"] = r.ran;
+    o["expected_max_rank"] = {{"params", r.expected.params}, {"grads", r.expected.grads},
+                              {"optimizer", r.expected.optimizer}, {"total", r.expected.total()}};
+    if (r.ran) {
+      o["measured_max_rank"] = {{"params", r.measured.params}, {"grads", r.measured.grads},
+                                {"optimizer", r.measured.optimizer}, {"total", r.measured.total()}};
+      o["share_of_plain_dp"] = r.measured.total() / plain_state;
+      o["split_params_rank0"] = r.split_params;
+      o["split_params_share_of_dp"] = r.split_params / dp_split_params;
+      o["tokens_per_s"] = r.tokens_per_s;
+      o["bubble_share"] = r.bubble_share;
+      o["bubble_ideal"] = r.bubble_ideal;
+      o["final_loss"] = r.final_loss;
+    }
+    if (!r.note.empty()) o["note"] = r.note;
+    j["mesh"].push_back(o);
+  }
   j["activations"] = nlohmann::ordered_json::array();
   for (const auto& x : acts)
     j["activations"].push_back({{"recompute", x.mode}, {"context", a.activation_context}, {"batch", a.batch},
@@ -265,7 +431,12 @@ int run_bench_memory(const BenchMemoryArgs& a) {
   const auto& zero3 = modes[3];
   const double zero3_share = zero3.ran ? zero3.measured_peak.total() / plain_state : 0;
   const double full_cut = acts[0].measured / acts[2].measured;
-  j["targets"] = {{"zero3_share_of_plain_dp_model_state", zero3_share},
+  double tp2_split_share = 0;
+  for (const auto& r : mesh)
+    if (r.ran && r.mode.tp == 2 && r.mode.pp == 1 && r.mode.zero == 0) tp2_split_share = r.split_params / dp_split_params;
+  j["targets"] = {{"tp2_split_params_share_of_dp", tp2_split_share},
+                  {"tp2_halves_split_params", tp2_split_share > 0 && std::abs(tp2_split_share - 0.5) < 1e-9},
+                  {"zero3_share_of_plain_dp_model_state", zero3_share},
                   {"zero3_le_40pct", zero3.ran && zero3_share <= 0.40},
                   {"full_recompute_activation_cut", full_cut},
                   {"full_recompute_cut_ge_3x", full_cut >= 3}};
@@ -290,6 +461,23 @@ int run_bench_memory(const BenchMemoryArgs& a) {
                 pair(r.expected.total(), r.measured_peak.total()).c_str(), share.c_str(), speed.c_str(),
                 r.note.c_str());
   }
+  if (!mesh.empty()) {
+    std::printf("\nmesh modes (%ld micro-batches of %ld per step): model state of the fullest rank, MiB\n",
+                kMeshMicrobatches, a.batch);
+    std::printf("%-15s %17s %17s %8s %13s %10s %14s  %s\n", "mode", "params exp/meas", "total exp/meas", "vs DP",
+                "split params", "tokens/s", "bubble/ideal", "");
+    for (const auto& r : mesh) {
+      auto pair = [&](double e, double m) { return r.ran ? mib(e) + " / " + mib(m) : mib(e) + " / -"; };
+      std::printf("%-15s %17s %17s %8s %13s %10s %14s  %s\n", r.mode.name.c_str(),
+                  pair(r.expected.params, r.measured.params).c_str(), pair(r.expected.total(), r.measured.total()).c_str(),
+                  r.ran ? fmt::format("{:.0f}%", 100 * r.measured.total() / plain_state).c_str() : "-",
+                  r.ran ? fmt::format("{:.0f}% of DP", 100 * r.split_params / dp_split_params).c_str() : "-",
+                  r.ran ? fmt::format("{:.0f}", r.tokens_per_s).c_str() : "-",
+                  r.ran && r.mode.pp > 1 ? fmt::format("{:.0f}% / {:.0f}%", 100 * r.bubble_share, 100 * r.bubble_ideal).c_str()
+                                         : "-",
+                  r.note.c_str());
+    }
+  }
   std::printf("\nactivations kept by one forward pass, batch %ld x context %ld (MiB; glibc heap in use after forward)\n",
               a.batch, a.activation_context);
   std::printf("%-10s %10s %10s %8s\n", "recompute", "expected", "measured", "cut");
@@ -302,6 +490,9 @@ int run_bench_memory(const BenchMemoryArgs& a) {
   std::printf("\ntarget: ZeRO-3 on %d ranks <= 40%% of plain DP's per-rank model state: %s  %s\n", a.ranks,
               zero3.ran ? fmt::format("{:.0f}%", 100 * zero3_share).c_str() : "not run",
               zero3.ran && zero3_share <= 0.40 ? "met" : "NOT met");
+  std::printf("target: tp=2 halves the per-rank parameters of the split layers: %s  %s\n",
+              tp2_split_share > 0 ? fmt::format("{:.0f}% of DP's", 100 * tp2_split_share).c_str() : "not run",
+              tp2_split_share > 0 && std::abs(tp2_split_share - 0.5) < 1e-9 ? "met" : "NOT met");
   std::printf("target: full recomputation cuts activations >= 3x at context %ld: %.1fx  %s\n", a.activation_context,
               full_cut, full_cut >= 3 ? "met" : "NOT met");
   return 0;
@@ -309,7 +500,7 @@ int run_bench_memory(const BenchMemoryArgs& a) {
 
 std::function<int()> setup(CLI::App& bench) {
   auto a = std::make_shared<BenchMemoryArgs>();
-  auto* cmd = bench.add_subcommand("memory", "Peak memory per rank under ZeRO 0-3 and activation recomputation");
+  auto* cmd = bench.add_subcommand("memory", "Peak memory per rank under ZeRO 0-3, tp/pp meshes and activation recomputation");
   cmd->add_option("--ranks", a->ranks, "Data-parallel ranks (threads)")->capture_default_str();
   cmd->add_option("--layers", a->layers, "Transformer blocks")->capture_default_str();
   cmd->add_option("--width", a->width, "Model width")->capture_default_str();

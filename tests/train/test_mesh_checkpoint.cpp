@@ -65,6 +65,7 @@ TrainConfig ck_config(const std::string& dir) {
 struct Mode {
   const char* name;
   int dp, tp, pp;
+  int zero = 0;
   int world() const { return dp * tp * pp; }
   bool mesh() const { return tp > 1 || pp > 1; }
 };
@@ -98,8 +99,16 @@ void capture(PipelineTrainer& t, torch::Tensor& p, torch::Tensor& m, torch::Tens
   m = p.clone();
   v = p.clone();
   t.model().copy_to_full(p);
-  t.model().gather_to_full(as_tensor(t.optimizer().exp_avg()), m);
-  t.model().gather_to_full(as_tensor(t.optimizer().exp_avg_sq()), v);
+  // The moments cover optimizer_range() of the local elements (a dp shard
+  // under ZeRO-1): NaN elsewhere.
+  const auto [lo, hi] = t.optimizer_range();
+  auto local = [&](std::span<float> moments) {
+    auto out = torch::full({t.model().params().numel()}, std::nan(""), torch::kFloat32);
+    out.narrow(0, lo, hi - lo).copy_(as_tensor(moments));
+    return out;
+  };
+  t.model().gather_to_full(local(t.optimizer().exp_avg()), m);
+  t.model().gather_to_full(local(t.optimizer().exp_avg_sq()), v);
 }
 
 StepMetrics one_step(Trainer& t, Checkpointing*) { return t.train_step(); }
@@ -139,6 +148,7 @@ std::vector<RankOut> run(const Mode& mode, TrainConfig cfg, int64_t until, bool 
   cfg.train.batch_size = 2 / mode.dp;
   cfg.parallel.tp = mode.tp;
   cfg.parallel.pp = mode.pp;
+  cfg.parallel.zero = mode.zero;
   const int world = mode.world();
   auto hub = net::make_inproc_hub(world);
   auto store = std::make_shared<net::MemStore>();
@@ -263,7 +273,9 @@ INSTANTIATE_TEST_SUITE_P(
     Modes, MeshCheckpoint,
     ::testing::Values(Case{{"tp2", 1, 2, 1}, {"single", 1, 1, 1}}, Case{{"tp2", 1, 2, 1}, {"dp2", 2, 1, 1}},
                       Case{{"dp2", 2, 1, 1}, {"pp2", 1, 1, 2}}, Case{{"dp2", 2, 1, 1}, {"tp2pp2", 1, 2, 2}},
-                      Case{{"pp2", 1, 1, 2}, {"tp2", 1, 2, 1}}, Case{{"tp2pp2", 1, 2, 2}, {"dp2tp2", 2, 2, 1}}),
+                      Case{{"pp2", 1, 1, 2}, {"tp2", 1, 2, 1}}, Case{{"tp2pp2", 1, 2, 2}, {"dp2tp2", 2, 2, 1}},
+                      Case{{"dp2tp2z1", 2, 2, 1, 1}, {"single", 1, 1, 1}},
+                      Case{{"dp2", 2, 1, 1}, {"dp2pp2z1", 2, 1, 2, 1}}),
     [](const auto& info) { return std::string(info.param.from.name) + "_to_" + info.param.to.name; });
 
 // Requests under the mesh engine are agreed through the step's world

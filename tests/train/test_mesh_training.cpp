@@ -51,6 +51,68 @@ TEST_F(MeshTraining, Tp2Pp2EqualsOneProcess) {
   expect_mesh_equals_single(cfg, 3);
 }
 
+// Sequence parallelism changes where the tp collectives cut (all-gather /
+// reduce-scatter on the sequence instead of all-reduces) and halves the
+// pipeline's messages; the math stays that of one process.
+TEST_F(MeshTraining, Tp2SequenceParallelEqualsOneProcess) {
+  auto cfg = tiny_config();
+  cfg.parallel.tp = 2;
+  cfg.parallel.sequence_parallel = true;
+  cfg.train.grad_accum = 2;
+  expect_mesh_equals_single(cfg, 3);
+}
+
+TEST_F(MeshTraining, Tp2Pp2SequenceParallelWithFullRecomputeEqualsOneProcess) {
+  auto cfg = tiny_config();
+  cfg.parallel.tp = 2;
+  cfg.parallel.pp = 2;
+  cfg.parallel.microbatches = 3;
+  cfg.parallel.sequence_parallel = true;
+  cfg.parallel.recompute = "full";
+  expect_mesh_equals_single(cfg, 3);
+}
+
+// Recomputation re-runs a block's forward, tp collectives included, inside
+// backward; every tp rank does so in the same order.
+TEST_F(MeshTraining, Dp2Tp2SelectiveRecomputeEqualsOneProcess) {
+  auto cfg = tiny_config();
+  cfg.parallel.dp = 2;
+  cfg.parallel.tp = 2;
+  cfg.parallel.recompute = "selective";
+  expect_mesh_equals_single(cfg, 3);
+}
+
+TEST_F(MeshTraining, Dp2Pp2FullRecomputeEqualsOneProcess) {
+  auto cfg = tiny_config();
+  cfg.parallel.dp = 2;
+  cfg.parallel.pp = 2;
+  cfg.parallel.microbatches = 2;
+  cfg.parallel.recompute = "full";
+  expect_mesh_equals_single(cfg, 3);
+}
+
+// ZeRO-1 on the mesh: the moments are sharded over dp (reduce-scatter, own
+// update, all-gather) and the run is still one process's math.
+TEST_F(MeshTraining, Dp2Tp2Zero1EqualsOneProcessWithHalfTheMoments) {
+  auto cfg = tiny_config();
+  cfg.parallel.dp = 2;
+  cfg.parallel.tp = 2;
+  cfg.parallel.zero = 1;
+  cfg.train.grad_accum = 2;
+  expect_mesh_equals_single(cfg, 3);
+  for (const auto& r : run_mesh(cfg, 1))
+    EXPECT_EQ(r.optimizer_numel, r.coords.dp == 0 ? (r.local_numel + 1) / 2 : r.local_numel / 2)
+        << "dp rank " << r.coords.dp << " of a stage with " << r.local_numel << " elements";
+}
+
+TEST_F(MeshTraining, Dp2Pp2Zero1EqualsOneProcess) {
+  auto cfg = tiny_config();
+  cfg.parallel.dp = 2;
+  cfg.parallel.pp = 2;
+  cfg.parallel.microbatches = 3;
+  cfg.parallel.zero = 1;
+  expect_mesh_equals_single(cfg, 3);
+}
 
 // What `braid train` runs with tp/pp set: run_training_job hands the config
 // to the mesh engine, which trains, validates and writes the run directory

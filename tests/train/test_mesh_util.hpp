@@ -8,6 +8,7 @@
 #include <functional>
 #include <thread>
 
+#include "comm/bootstrap.hpp"
 #include "comm/communicator.hpp"
 #include "net/mesh.hpp"
 #include "train/compute_threads.hpp"
@@ -44,6 +45,8 @@ struct MeshResult {
   double val_loss = 0;
   torch::Tensor params;  // full-model layout: this rank's elements, NaN elsewhere
   MeshCoords coords;
+  int64_t local_numel = 0;      // the stage's flat buffer
+  int64_t optimizer_numel = 0;  // elements whose AdamW moments this rank holds
 };
 
 // Runs dp*tp*pp ranks (config.parallel) as threads for `steps` steps.
@@ -52,33 +55,22 @@ inline std::vector<MeshResult> run_mesh(const TrainConfig& cfg, int steps) {
   const MeshShape shape{static_cast<int>(cfg.parallel.dp ? cfg.parallel.dp : 1), static_cast<int>(cfg.parallel.tp),
                         static_cast<int>(cfg.parallel.pp)};
   const int world = shape.world();
-  auto hub = net::make_inproc_hub(world);
   std::vector<MeshResult> results(static_cast<size_t>(world));
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        comm::Communicator comm(net::connect_inproc(hub, r));
-        ParallelMesh mesh(&comm, shape);
-        PipelineTrainer t(cfg, pangram_corpus(), mesh);
-        auto& out = results[static_cast<size_t>(r)];
-        out.coords = mesh.coords();
-        for (int s = 0; s < steps; ++s) {
-          out.metrics.push_back(t.train_step());
-          out.losses.push_back(out.metrics.back().loss);
-        }
-        out.val_loss = *t.evaluate();
-        out.params = torch::full({t.model().full_numel()}, std::nan(""), torch::kFloat32);
-        t.model().copy_to_full(out.params);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  comm::run_in_process(world, [&](comm::Communicator& comm) {
+    ParallelMesh mesh(&comm, shape);
+    PipelineTrainer t(cfg, pangram_corpus(), mesh);
+    auto& out = results[static_cast<size_t>(comm.rank())];
+    out.coords = mesh.coords();
+    out.local_numel = t.model().params().numel();
+    out.optimizer_numel = t.optimizer().numel();
+    for (int s = 0; s < steps; ++s) {
+      out.metrics.push_back(t.train_step());
+      out.losses.push_back(out.metrics.back().loss);
+    }
+    out.val_loss = *t.evaluate();
+    out.params = torch::full({t.model().full_numel()}, std::nan(""), torch::kFloat32);
+    t.model().copy_to_full(out.params);
+  });
   return results;
 }
 
