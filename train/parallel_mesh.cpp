@@ -37,6 +37,23 @@ void validate_mesh_config(const ModelConfig& m, const LoopConfig& loop, const Pa
     throw ConfigError(fmt::format("'parallel.sequence_parallel' splits the sequence over tp = {} ranks, which does not "
                                   "divide 'model.context' = {}", p.tp, m.context),
                       "choose a context that tp divides, or set parallel.sequence_parallel = false");
+  const int64_t chunks = pipeline_chunks(p);
+  if (p.schedule == "interleaved") {
+    if (p.pp < 2 || chunks < 2)
+      throw ConfigError(fmt::format("'parallel.schedule' = \"interleaved\" with pp = {} and chunks = {}", p.pp, chunks),
+                        "the interleaved schedule needs pp >= 2 and parallel.chunks >= 2 (or 0 for 2)");
+    if (m.layers % (p.pp * chunks) != 0)
+      throw ConfigError(fmt::format("'parallel.pp' = {} x 'parallel.chunks' = {} does not divide 'model.layers' = {}",
+                                    p.pp, chunks, m.layers),
+                        "the interleaved schedule gives each stage chunks runs of layers / (pp * chunks) blocks");
+    if (pipeline_microbatches(loop, p) % p.pp != 0)
+      throw ConfigError(fmt::format("the interleaved schedule runs {} micro-batches on pp = {} stages",
+                                    pipeline_microbatches(loop, p), p.pp),
+                        "set parallel.microbatches (or train.grad_accum) to a multiple of pp");
+  } else if (chunks != 1) {
+    throw ConfigError(fmt::format("'parallel.chunks' = {} needs 'parallel.schedule' = \"interleaved\"", p.chunks),
+                      "set the interleaved schedule, or leave parallel.chunks at 0");
+  }
   if (p.microbatches > 0 && loop.grad_accum != 1 && loop.grad_accum != p.microbatches)
     throw ConfigError(fmt::format("'parallel.microbatches' = {} conflicts with 'train.grad_accum' = {}",
                                   p.microbatches, loop.grad_accum),
@@ -45,6 +62,11 @@ void validate_mesh_config(const ModelConfig& m, const LoopConfig& loop, const Pa
 
 int64_t pipeline_microbatches(const LoopConfig& loop, const ParallelConfig& p) {
   return p.microbatches > 0 ? p.microbatches : loop.grad_accum;
+}
+
+int64_t pipeline_chunks(const ParallelConfig& p) {
+  if (p.chunks > 0) return p.chunks;
+  return p.schedule == "interleaved" ? 2 : 1;
 }
 
 MeshShape resolve_mesh_shape(const ParallelConfig& p, int world) {

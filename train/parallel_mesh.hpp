@@ -51,6 +51,9 @@ MeshShape resolve_mesh_shape(const ParallelConfig& parallel, int world);
 // Pipeline micro-batches per optimizer step (parallel.microbatches, or
 // train.grad_accum when that is 0).
 int64_t pipeline_microbatches(const LoopConfig& loop, const ParallelConfig& parallel);
+// Model chunks per pipeline stage: parallel.chunks, or 2 for the interleaved
+// schedule and 1 otherwise when it is 0.
+int64_t pipeline_chunks(const ParallelConfig& parallel);
 
 class ParallelMesh {
  public:

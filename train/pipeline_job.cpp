@@ -73,9 +73,10 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     log::info("model: {} layers, width {}, {} heads, context {}, vocab {}: {:.2f}M parameters, {:.2f}M on rank 0",
               m.layers, m.width, m.heads, m.context, m.vocab_size, static_cast<double>(summary.parameters) * 1e-6,
               static_cast<double>(trainer.model().params().numel()) * 1e-6);
-    log::info("mesh: dp {} x tp {} x pp {} ({} schedule, {} micro-batches of {}), {} tokens per step", shape.dp,
-              shape.tp, shape.pp, config.parallel.schedule, trainer.microbatches(), config.train.batch_size,
-              trainer.tokens_per_step());
+    log::info("mesh: dp {} x tp {} x pp {} ({} schedule{}, {} micro-batches of {}), {} tokens per step", shape.dp,
+              shape.tp, shape.pp, config.parallel.schedule,
+              trainer.chunks() > 1 ? fmt::format(", {} chunks per stage", trainer.chunks()) : "",
+              trainer.microbatches(), config.train.batch_size, trainer.tokens_per_step());
     const auto& pc = config.parallel;
     if (pc.sequence_parallel || pc.recompute != "none" || pc.zero > 0)
       log::info("memory modes: sequence parallel {}, recompute {}, ZeRO-{}{}", pc.sequence_parallel ? "on" : "off",
@@ -151,16 +152,14 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
               summary.final_val_loss ? fmt::format(", validation loss {:.4f}", *summary.final_val_loss) : "",
               summary.tokens_per_s, summary.mfu * 100,
               shape.pp > 1 && pipeline > 0 ? fmt::format(", pipeline bubble {:.0f}% on rank 0 (ideal {:.0f}%)",
-                                                         100 * bubble / pipeline,
-                                                         100.0 * (shape.pp - 1) /
-                                                             static_cast<double>(trainer.microbatches() + shape.pp - 1))
+                                                         100 * bubble / pipeline, 100 * trainer.ideal_bubble_share())
                                            : "");
   if (run_dir) {
     nlohmann::ordered_json j;
     j["steps"] = summary.steps;
     j["world_size"] = world;
     j["mesh"] = {{"dp", shape.dp}, {"tp", shape.tp}, {"pp", shape.pp}, {"schedule", config.parallel.schedule},
-                 {"microbatches", trainer.microbatches()}, {"sequence_parallel", config.parallel.sequence_parallel},
+                 {"microbatches", trainer.microbatches()}, {"chunks", trainer.chunks()}, {"sequence_parallel", config.parallel.sequence_parallel},
                  {"recompute", config.parallel.recompute}, {"zero", config.parallel.zero}};
     j["cores_per_rank"] = summary.threads;
     j["parameters"] = summary.parameters;

@@ -12,14 +12,50 @@ namespace braid::train {
 PipelineScheduleKind parse_pipeline_schedule(const std::string& name) {
   if (name == "gpipe") return PipelineScheduleKind::GPipe;
   if (name == "1f1b") return PipelineScheduleKind::OneFOneB;
-  throw ConfigError(fmt::format("unknown pipeline schedule '{}'", name), "use \"gpipe\" or \"1f1b\"");
+  if (name == "interleaved") return PipelineScheduleKind::Interleaved;
+  throw ConfigError(fmt::format("unknown pipeline schedule '{}'", name), "use \"gpipe\", \"1f1b\" or \"interleaved\"");
 }
 
-std::vector<PipelineAction> pipeline_schedule(PipelineScheduleKind kind, int stages, int stage, int microbatches) {
+namespace {
+
+// Megatron's interleaved 1F1B for one stage.
+std::vector<PipelineAction> interleaved_schedule(int stages, int stage, int microbatches, int chunks) {
+  if (stages < 2 || chunks < 2 || microbatches % stages != 0)
+    throw ConfigError(fmt::format("the interleaved schedule over {} stages, {} chunks per stage and {} micro-batches",
+                                  stages, chunks, microbatches),
+                      "it needs pp >= 2, parallel.chunks >= 2 and micro-batches a multiple of pp");
+  const int total = microbatches * chunks, group = stages * chunks;
+  auto micro = [&](int k) { return (k / group) * stages + k % stages; };
+  auto forward = [&](int k) { return PipelineAction{PipelineAction::Forward, micro(k), (k % group) / stages}; };
+  auto backward = [&](int k) {
+    return PipelineAction{PipelineAction::Backward, micro(k), chunks - 1 - (k % group) / stages};
+  };
+  const int warmup =
+      microbatches == stages ? total : std::min((stages - stage - 1) * 2 + (chunks - 1) * stages, total);
+  std::vector<PipelineAction> out;
+  out.reserve(2 * static_cast<size_t>(total));
+  int f = 0, b = 0;
+  while (f < warmup) out.push_back(forward(f++));
+  while (f < total) {
+    out.push_back(forward(f++));
+    out.push_back(backward(b++));
+  }
+  while (b < total) out.push_back(backward(b++));
+  return out;
+}
+
+}  // namespace
+
+std::vector<PipelineAction> pipeline_schedule(PipelineScheduleKind kind, int stages, int stage, int microbatches,
+                                              int chunks) {
   if (stages < 1 || stage < 0 || stage >= stages || microbatches < 1)
     throw ConfigError(fmt::format("pipeline schedule for stage {} of {} over {} micro-batches", stage, stages,
                                   microbatches),
                       "stages and micro-batches must be positive and the stage below stages");
+  if (kind == PipelineScheduleKind::Interleaved) return interleaved_schedule(stages, stage, microbatches, chunks);
+  if (chunks != 1)
+    throw ConfigError(fmt::format("{} model chunks per stage need the interleaved schedule", chunks),
+                      "set parallel.schedule = \"interleaved\", or parallel.chunks = 1");
   std::vector<PipelineAction> out;
   out.reserve(2 * static_cast<size_t>(microbatches));
   if (kind == PipelineScheduleKind::GPipe) {
@@ -41,16 +77,19 @@ std::vector<PipelineAction> pipeline_schedule(PipelineScheduleKind kind, int sta
 }
 
 PipelineSimulation simulate_pipeline(PipelineScheduleKind kind, int stages, int microbatches, double forward_cost,
-                                     double backward_cost) {
+                                     double backward_cost, int chunks) {
   std::vector<std::vector<PipelineAction>> plans;
-  for (int s = 0; s < stages; ++s) plans.push_back(pipeline_schedule(kind, stages, s, microbatches));
-  return simulate_pipeline(plans, forward_cost, backward_cost);
+  for (int s = 0; s < stages; ++s) plans.push_back(pipeline_schedule(kind, stages, s, microbatches, chunks));
+  return simulate_pipeline(plans, forward_cost, backward_cost, chunks);
 }
 
 PipelineSimulation simulate_pipeline(const std::vector<std::vector<PipelineAction>>& plans, double forward_cost,
-                                     double backward_cost) {
+                                     double backward_cost, int chunks) {
   const int stages = static_cast<int>(plans.size());
-  // Arrival time of each message: key (receiving stage, kind, micro-batch).
+  const int last_virtual = stages * chunks - 1;
+  forward_cost /= chunks;
+  backward_cost /= chunks;
+  // Arrival time of each message: key (receiving virtual stage, kind, micro-batch).
   std::map<std::tuple<int, int, int>, double> sent;
   std::vector<size_t> next(static_cast<size_t>(stages), 0);
   std::vector<double> clock(static_cast<size_t>(stages), 0.0);
@@ -68,11 +107,14 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<PipelineActio
       auto& t = clock[static_cast<size_t>(s)];
       while (i < plan.size()) {
         const auto a = plan[i];
+        if (a.chunk < 0 || a.chunk >= chunks)
+          throw Error(fmt::format("pipeline schedule: stage {} runs chunk {} of {}", s, a.chunk, chunks));
         const bool fwd = a.kind == PipelineAction::Forward;
-        const bool needs_message = fwd ? s > 0 : s < stages - 1;
+        const int u = a.chunk * stages + s;  // virtual stage
+        const bool needs_message = fwd ? u > 0 : u < last_virtual;
         double ready = t;
         if (needs_message) {
-          auto it = sent.find({s, a.kind, a.microbatch});
+          auto it = sent.find({u, a.kind, a.microbatch});
           if (it == sent.end()) break;  // blocked on a receive
           ready = std::max(t, it->second);
           sent.erase(it);
@@ -85,8 +127,8 @@ PipelineSimulation simulate_pipeline(const std::vector<std::vector<PipelineActio
           throw Error(fmt::format("pipeline schedule: stage {} runs the backward of micro-batch {} before its "
                                   "forward", s, a.microbatch));
         sim.peak_in_flight[static_cast<size_t>(s)] = std::max(sim.peak_in_flight[static_cast<size_t>(s)], f);
-        if (fwd && s < stages - 1) sent[{s + 1, PipelineAction::Forward, a.microbatch}] = t;
-        if (!fwd && s > 0) sent[{s - 1, PipelineAction::Backward, a.microbatch}] = t;
+        if (fwd && u < last_virtual) sent[{u + 1, PipelineAction::Forward, a.microbatch}] = t;
+        if (!fwd && u > 0) sent[{u - 1, PipelineAction::Backward, a.microbatch}] = t;
         ++i;
         progressed = true;
       }

@@ -14,8 +14,13 @@ namespace {
 
 // Tags of the pipeline's messages (the pp communicator's own tag space; the
 // Communicator numbers repeated (peer, tag) pairs, so steps do not mix).
-uint32_t activation_tag(int64_t micro) { return static_cast<uint32_t>(2 * micro); }
-uint32_t gradient_tag(int64_t micro) { return static_cast<uint32_t>(2 * micro + 1); }
+// `virtual_stage`: the receiver's (interleaved: chunk·pp + stage, else the stage).
+uint32_t activation_tag(int64_t micro, int64_t virtual_stage, int64_t virtual_stages) {
+  return static_cast<uint32_t>(2 * (micro * virtual_stages + virtual_stage));
+}
+uint32_t gradient_tag(int64_t micro, int64_t virtual_stage, int64_t virtual_stages) {
+  return activation_tag(micro, virtual_stage, virtual_stages) + 1;
+}
 constexpr uint32_t kTiedEmbeddingTag = 1u << 30;
 constexpr uint32_t kEvalTag = (1u << 30) + 1;
 
@@ -28,8 +33,8 @@ uint64_t bytes_sent_on(const ParallelMesh& mesh) {
   return sum;
 }
 
-StagePlacement placement_of(const ParallelMesh& mesh) {
-  return {mesh.tp_rank(), mesh.tp_size(), mesh.pp_rank(), mesh.pp_size()};
+StagePlacement placement_of(const ParallelMesh& mesh, const ParallelConfig& p) {
+  return {mesh.tp_rank(), mesh.tp_size(), mesh.pp_rank(), mesh.pp_size(), static_cast<int>(pipeline_chunks(p))};
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -44,7 +49,8 @@ PipelineTrainer::PipelineTrainer(const TrainConfig& config, const TokenDataset& 
       mesh_(mesh),
       schedule_(parse_pipeline_schedule(config.parallel.schedule)),
       microbatches_(pipeline_microbatches(config.train, config.parallel)),
-      model_(config.model, config.train.seed, placement_of(mesh), mesh.tp(), config.parallel.timeout_s),
+      chunks_(static_cast<int>(pipeline_chunks(config.parallel))),
+      model_(config.model, config.train.seed, placement_of(mesh, config.parallel), mesh.tp(), config.parallel.timeout_s),
       shard_begin_(config.parallel.zero > 0 ? std::min(model_.params().numel(),
                                                        mesh.dp_rank() * ceil_div(model_.params().numel(), mesh.dp_size()))
                                             : 0),
@@ -70,6 +76,11 @@ PipelineTrainer::PipelineTrainer(const TrainConfig& config, const TokenDataset& 
   model_.set_sequence_parallel(config.parallel.sequence_parallel);
   GptModel layout(config.model, 0);  // only for the FLOP count (same formula as Trainer)
   flops_per_token_ = layout.flops_per_token();
+}
+
+double PipelineTrainer::ideal_bubble_share() const {
+  const int64_t P = mesh_.pp_size();
+  return static_cast<double>(P - 1) / static_cast<double>(chunks_ * microbatches_ + P - 1);
 }
 
 int64_t PipelineTrainer::tokens_per_step() const {
@@ -181,10 +192,11 @@ StepMetrics PipelineTrainer::train_step() {
   Stopwatch step_clock;
   StepMetrics m;
   const int64_t T = config_.model.context, B = config_.train.batch_size, C = config_.model.width;
-  const int64_t V = config_.model.vocab_size, M = microbatches_;
+  const int64_t vocab = config_.model.vocab_size, M = microbatches_;
   const int64_t t = model_.local_sequence(T);  // positions per rank in the stages' messages
-  const int stage = mesh_.pp_rank(), stages = mesh_.pp_size();
-  const bool first = mesh_.first_stage(), last = mesh_.last_stage();
+  const int stage = mesh_.pp_rank(), stages = mesh_.pp_size(), V = chunks_;
+  const int virtual_stages = stages * V;
+  const int prev = (stage + stages - 1) % stages, next = (stage + 1) % stages;  // neighbours (chunks wrap round)
   const uint64_t sent_before = bytes_sent_on(mesh_);
 
   std::vector<torch::Tensor> batches;
@@ -193,37 +205,41 @@ StepMetrics PipelineTrainer::train_step() {
   model_.params().zero_grads();
   timing_ = {};
   Stopwatch pipeline_clock;
-  std::vector<torch::Tensor> inputs(static_cast<size_t>(M)), outputs(static_cast<size_t>(M));
+  // Per (chunk, micro-batch): the received input and the chunk's output.
+  std::vector<torch::Tensor> inputs(static_cast<size_t>(M * V)), outputs(static_cast<size_t>(M * V));
   double loss_sum = 0;
-  for (const auto& action : pipeline_schedule(schedule_, stages, stage, static_cast<int>(M))) {
+  for (const auto& action : pipeline_schedule(schedule_, stages, stage, static_cast<int>(M), V)) {
     const auto mb = static_cast<size_t>(action.microbatch);
+    const auto slot = static_cast<size_t>(action.chunk) * static_cast<size_t>(M) + mb;
+    const int u = action.chunk * stages + stage;  // virtual stage
+    const bool first_v = u == 0, last_v = u == virtual_stages - 1;
     if (action.kind == PipelineAction::Forward) {
       torch::Tensor input;
-      if (first) {
+      if (first_v) {
         input = batches[mb].narrow(1, 0, T);
       } else {
-        input = receive({B, t, C}, stage - 1, activation_tag(action.microbatch)).requires_grad_(true);
-        inputs[mb] = input;
+        input = receive({B, t, C}, prev, activation_tag(action.microbatch, u, virtual_stages)).requires_grad_(true);
+        inputs[slot] = input;
       }
-      auto out = model_.forward(input);
-      if (last) {
-        auto loss = torch::cross_entropy_loss(out.reshape({-1, V}), batches[mb].narrow(1, 1, T).reshape({-1}));
+      auto out = model_.forward(input, action.chunk);
+      if (last_v) {
+        auto loss = torch::cross_entropy_loss(out.reshape({-1, vocab}), batches[mb].narrow(1, 1, T).reshape({-1}));
         loss_sum += loss.item<double>();
-        outputs[mb] = loss * (1.0 / static_cast<double>(M));
+        outputs[slot] = loss * (1.0 / static_cast<double>(M));
       } else {
-        send(out, stage + 1, activation_tag(action.microbatch));
-        outputs[mb] = out;
+        send(out, next, activation_tag(action.microbatch, u + 1, virtual_stages));
+        outputs[slot] = out;
       }
     } else {
-      if (last) {
-        outputs[mb].backward();
+      if (last_v) {
+        outputs[slot].backward();
       } else {
-        auto grad = receive({B, t, C}, stage + 1, gradient_tag(action.microbatch));
-        outputs[mb].backward(grad);
+        auto grad = receive({B, t, C}, next, gradient_tag(action.microbatch, u, virtual_stages));
+        outputs[slot].backward(grad);
       }
-      if (!first) send(inputs[mb].grad(), stage - 1, gradient_tag(action.microbatch));
-      inputs[mb] = torch::Tensor();  // this micro-batch's activations can go
-      outputs[mb] = torch::Tensor();
+      if (!first_v) send(inputs[slot].grad(), prev, gradient_tag(action.microbatch, u - 1, virtual_stages));
+      inputs[slot] = torch::Tensor();  // this micro-batch's activations can go
+      outputs[slot] = torch::Tensor();
     }
   }
   wait_sends();
@@ -238,7 +254,7 @@ StepMetrics PipelineTrainer::train_step() {
 
   // Loss and global norm: each rank adds what it alone accounts for (with
   // ZeRO-1 every dp rank its shard of the averaged gradient).
-  const bool counts_loss = last && mesh_.tp_rank() == 0;
+  const bool counts_loss = mesh_.last_stage() && mesh_.tp_rank() == 0;
   const bool counts_norm = shard_block_ > 0 || mesh_.dp_rank() == 0;
   std::vector<double> v = {counts_loss ? loss_sum / static_cast<double>(M) : 0.0,
                            counts_norm ? model_.grad_sum_of_squares_share(shard_begin_, shard_end_) : 0.0};
@@ -273,7 +289,7 @@ StepMetrics PipelineTrainer::train_step() {
   if (stages > 1) {
     m.extra.emplace_back("pp_bubble_s", timing_.bubble_s);
     m.extra.emplace_back("pp_bubble_share", timing_.bubble_share());
-    m.extra.emplace_back("pp_bubble_ideal", static_cast<double>(stages - 1) / static_cast<double>(M + stages - 1));
+    m.extra.emplace_back("pp_bubble_ideal", ideal_bubble_share());
   }
   return m;
 }
@@ -282,8 +298,9 @@ std::optional<double> PipelineTrainer::evaluate() {
   if (data_.val().empty()) return std::nullopt;
   torch::NoGradGuard no_grad;
   const int64_t T = config_.model.context, B = config_.train.batch_size, C = config_.model.width;
-  const int stage = mesh_.pp_rank();
-  const bool first = mesh_.first_stage(), last = mesh_.last_stage();
+  const int stage = mesh_.pp_rank(), stages = mesh_.pp_size();
+  const int prev = (stage + stages - 1) % stages, next = (stage + 1) % stages;
+  const int last_virtual = stages * chunks_ - 1;
   const int64_t count = config_.train.eval_batches * B * mesh_.dp_size();
   auto offsets = eval_offsets(data_.val().size(), T, count, mesh_.dp_rank(), mesh_.dp_size());
   double loss_sum = 0;  // sum of per-window mean losses
@@ -293,18 +310,20 @@ std::optional<double> PipelineTrainer::evaluate() {
                                 offsets.begin() + static_cast<std::ptrdiff_t>(begin + n));
     auto batch = load_windows(data_.val(), chunk);
     const auto rows = static_cast<int64_t>(n);
-    auto x = first ? batch.narrow(1, 0, T) : receive({rows, model_.local_sequence(T), C}, stage - 1, kEvalTag);
-    auto out = model_.forward(x);
-    if (!last) {
-      send(out, stage + 1, kEvalTag);
-      continue;
+    torch::Tensor out;
+    for (int v = 0; v < chunks_; ++v) {  // this stage's chunks, in order
+      const int u = v * stages + stage;
+      auto x = u == 0 ? batch.narrow(1, 0, T) : receive({rows, model_.local_sequence(T), C}, prev, kEvalTag);
+      out = model_.forward(x, v);
+      if (u != last_virtual) send(out, next, kEvalTag);
     }
+    if (!mesh_.last_stage()) continue;
     auto per_token = torch::cross_entropy_loss(out.reshape({-1, config_.model.vocab_size}),
                                                batch.narrow(1, 1, T).reshape({-1}), {}, at::Reduction::None);
     loss_sum += per_token.view({rows, T}).to(torch::kFloat64).mean(1).sum().item<double>();
   }
   wait_sends();
-  const bool counts = last && mesh_.tp_rank() == 0;
+  const bool counts = mesh_.last_stage() && mesh_.tp_rank() == 0;
   std::vector<double> v = {counts ? loss_sum : 0.0, counts ? static_cast<double>(offsets.size()) : 0.0};
   all_reduce_sum(mesh_.world(), v, config_.parallel.timeout_s);
   return v[1] > 0 ? std::optional<double>(v[0] / v[1]) : std::nullopt;

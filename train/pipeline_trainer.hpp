@@ -5,7 +5,7 @@
 //                   rank of a model replica (all stages and tp ranks of one
 //                   dp rank read the same samples; stage 0 uses the inputs,
 //                   the last stage the targets)
-//   schedule        the stage runs its GPipe or 1F1B actions
+//   schedule        the stage runs its GPipe, 1F1B or interleaved actions
 //                   (pipeline_schedule.hpp): forwards receive activations
 //                   from the previous stage and send to the next, backwards
 //                   receive the output gradient and send the input gradient;
@@ -72,6 +72,10 @@ class PipelineTrainer {
   void set_step(int64_t s) { step_ = s; }
   int64_t tokens_per_step() const;  // global
   int64_t microbatches() const { return microbatches_; }
+  int chunks() const { return chunks_; }
+  // (P-1)/(V·M+P-1): the share of the pipeline time a stage idles with equal
+  // forward and backward times per chunk (0 without a pipeline).
+  double ideal_bubble_share() const;
   const TrainConfig& config() const { return config_; }
   TensorParallelGpt& model() { return model_; }
   FlatAdamW& optimizer() { return optimizer_; }
@@ -101,6 +105,7 @@ class PipelineTrainer {
   ParallelMesh& mesh_;
   PipelineScheduleKind schedule_;
   int64_t microbatches_;
+  int chunks_;  // model chunks per stage (interleaved schedule), else 1
   TensorParallelGpt model_;
   int64_t shard_begin_ = 0, shard_end_ = 0;  // optimizer_range()
   int64_t shard_block_ = 0;                  // ZeRO-1: ⌈n/dp⌉ (0 without)

@@ -16,9 +16,10 @@ TensorParallelGpt::TensorParallelGpt(const ModelConfig& config, uint64_t seed, c
   if (H % tp != 0 || hidden % tp != 0)
     throw ConfigError(fmt::format("tp = {} must divide model.heads = {} and the MLP width {}", tp, H, hidden),
                       "choose tp among the divisors of heads");
-  if (config.layers % place.pp != 0)
-    throw ConfigError(fmt::format("pp = {} does not divide model.layers = {}", place.pp, config.layers),
-                      "choose pp among the divisors of layers");
+  if (place.chunks < 1 || config.layers % (place.pp * place.chunks) != 0)
+    throw ConfigError(fmt::format("pp = {} x chunks = {} does not divide model.layers = {}", place.pp, place.chunks,
+                                  config.layers),
+                      "choose pp (and parallel.chunks) among the divisors of layers");
   if ((tp_comm ? tp_comm->size() : 1) != tp)
     throw ConfigError(fmt::format("tensor-parallel group of {} ranks for tp = {}", tp_comm ? tp_comm->size() : 1, tp),
                       "build the model from a ParallelMesh");
@@ -40,13 +41,15 @@ TensorParallelGpt::TensorParallelGpt(const ModelConfig& config, uint64_t seed, c
   const bool split = tp > 1;
   auto pieces = [&](const std::vector<ShardPiece>& p) { return split ? p : std::vector<ShardPiece>{}; };
 
-  const int64_t per_stage = config.layers / place.pp;
-  first_layer_ = place.pp_rank * per_stage;
+  blocks_per_chunk_ = config.layers / (place.pp * place.chunks);
   if (place.first_stage()) {
     wte_ = add(full, "wte", {});
     wpe_ = add(full, "wpe", {});
   }
-  for (int64_t l = first_layer_; l < first_layer_ + per_stage; ++l) {
+  std::vector<int64_t> layers;
+  for (int64_t v = 0; v < place.chunks; ++v)
+    for (int64_t i = 0; i < blocks_per_chunk_; ++i) layers.push_back((v * place.pp + place.pp_rank) * blocks_per_chunk_ + i);
+  for (int64_t l : layers) {
     auto n = [&](const char* what) { return fmt::format("h{}.{}", l, what); };
     Block b{};
     b.ln1_w = add(full, n("ln1.weight"), {});
@@ -184,12 +187,15 @@ void TensorParallelGpt::sync_sequence_parallel_grads() {
   }
 }
 
-torch::Tensor TensorParallelGpt::forward(const torch::Tensor& input) {
+torch::Tensor TensorParallelGpt::forward(const torch::Tensor& input, int chunk) {
   const int64_t C = config_.width;
   const int64_t local_heads = config_.heads / place_.tp;
   const bool sp = sequence_parallel_;
+  if (chunk < 0 || chunk >= place_.chunks)
+    throw Error(fmt::format("TensorParallelGpt: chunk {} of a stage with {}", chunk, place_.chunks));
+  const bool embeds = place_.first_stage() && chunk == 0, heads = place_.last_stage() && chunk == place_.chunks - 1;
   torch::Tensor x;
-  if (place_.first_stage()) {
+  if (embeds) {
     const int64_t T = input.size(1);
     if (input.dim() != 2 || T > config_.context || T < 1)
       throw Error(fmt::format("TensorParallelGpt: input of shape {} does not fit context {}",
@@ -207,7 +213,8 @@ torch::Tensor TensorParallelGpt::forward(const torch::Tensor& input) {
   auto leave = [this, sp](const torch::Tensor& t) {
     return sp ? scatter_sequence(t, tp_, timeout_s_) : reduce_from_tensor_parallel(t, tp_, timeout_s_);
   };
-  for (const auto& b : blocks_) {
+  for (int64_t i = chunk * blocks_per_chunk_; i < (chunk + 1) * blocks_per_chunk_; ++i) {
+    const Block& b = blocks_[static_cast<size_t>(i)];
     BlockParts parts;
     // By value: a recomputing backward calls these after forward() returned.
     parts.attention = [this, b, C, local_heads, enter, leave](const torch::Tensor& in) {
@@ -222,7 +229,7 @@ torch::Tensor TensorParallelGpt::forward(const torch::Tensor& input) {
     };
     x = run_block_recomputing(recompute_, parts, x);
   }
-  if (!place_.last_stage()) return x;
+  if (!heads) return x;
   if (sp) x = unsplit_sequence(x, tp_, timeout_s_);
   x = torch::layer_norm(x, {C}, p(lnf_w_), p(lnf_b_), 1e-5);
   return torch::linear(x, p(wte_));

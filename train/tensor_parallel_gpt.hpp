@@ -60,8 +60,11 @@ struct ShardedSlot {
   bool counted_in_norm = true;      // false for copies another rank already counts
 };
 
+// chunks > 1 (the interleaved schedule): the stage holds `chunks` runs of
+// layers/(pp·chunks) blocks; chunk v is virtual stage v·pp + pp_rank, so
+// chunk v of stage s holds blocks [(v·pp + s)·n, (v·pp + s + 1)·n).
 struct StagePlacement {
-  int tp_rank = 0, tp = 1, pp_rank = 0, pp = 1;
+  int tp_rank = 0, tp = 1, pp_rank = 0, pp = 1, chunks = 1;
   bool first_stage() const { return pp_rank == 0; }
   bool last_stage() const { return pp_rank == pp - 1; }
 };
@@ -82,10 +85,11 @@ class TensorParallelGpt {
   // Positions per rank of a stage's activations for sequence length T.
   int64_t local_sequence(int64_t T) const { return sequence_parallel_ ? T / place_.tp : T; }
 
-  // First stage: idx [B, T] token ids; other stages: activations
+  // Runs model chunk `chunk` of this stage. The first chunk of the first
+  // stage takes idx [B, T] token ids, every other chunk activations
   // [B, local_sequence(T), C]. Returns such activations, or logits [B, T, V]
-  // on the last stage.
-  torch::Tensor forward(const torch::Tensor& input);
+  // from the last chunk of the last stage.
+  torch::Tensor forward(const torch::Tensor& input, int chunk = 0);
   // Sequence parallelism: sums the partial gradients of the replicated
   // parameters inside the sequence-split region over the tp group (one
   // all-reduce; every tp rank must call it after backward). No-op otherwise.
@@ -125,8 +129,7 @@ class TensorParallelGpt {
   const std::string& full_name(int full_slot) const { return full_names_.at(static_cast<size_t>(full_slot)); }
   const std::vector<int64_t>& full_shape(int full_slot) const { return full_shapes_.at(static_cast<size_t>(full_slot)); }
   int64_t full_offset(int full_slot) const { return full_offsets_.at(static_cast<size_t>(full_slot)); }
-  int64_t first_layer() const { return first_layer_; }
-  int64_t layer_count() const { return static_cast<int64_t>(blocks_.size()); }
+  int64_t layer_count() const { return static_cast<int64_t>(blocks_.size()); }  // all chunks
 
  private:
   struct Block {
@@ -148,7 +151,7 @@ class TensorParallelGpt {
   std::vector<std::vector<int64_t>> full_shapes_;
   std::vector<int64_t> full_offsets_;
   int64_t full_numel_ = 0;
-  int64_t first_layer_ = 0;
+  int64_t blocks_per_chunk_ = 0;
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   bool wte_copy_ = false;
   std::vector<Block> blocks_;

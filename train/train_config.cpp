@@ -130,8 +130,9 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
   p.tp = doc.get_int("parallel.tp", p.tp, 1, 1024);
   p.pp = doc.get_int("parallel.pp", p.pp, 1, 1024);
   p.sequence_parallel = doc.get_bool("parallel.sequence_parallel", p.sequence_parallel);
-  p.schedule = doc.get_choice("parallel.schedule", p.schedule, {"gpipe", "1f1b"});
+  p.schedule = doc.get_choice("parallel.schedule", p.schedule, {"gpipe", "1f1b", "interleaved"});
   p.microbatches = doc.get_int("parallel.microbatches", p.microbatches, 0, 1 << 20);
+  p.chunks = doc.get_int("parallel.chunks", p.chunks, 0, 1024);
   p.zero = doc.get_int("parallel.zero", p.zero, 0, 3);
   p.recompute = doc.get_choice("parallel.recompute", p.recompute, {"none", "selective", "full"});
   // The mesh engine accumulates every micro-batch's gradients in the stage's
@@ -230,6 +231,7 @@ std::string TrainConfig::to_toml() const {
                    parallel.sequence_parallel)
     << "schedule = " << toml_string(parallel.schedule) << "\n"
     << fmt::format("microbatches = {}\n", parallel.microbatches)
+    << fmt::format("chunks = {}\n", parallel.chunks)
     << fmt::format("zero = {}\n", parallel.zero) << "recompute = " << toml_string(parallel.recompute) << "\n\n";
   s << "[fault]\n"
     << fmt::format("enabled = {}\n", fault.enabled)

@@ -78,8 +78,9 @@ struct ParallelConfig {
   int64_t tp = 1;                       // tensor-parallel ranks (Megatron: heads and MLP hidden split)
   int64_t pp = 1;                       // pipeline stages (model.layers split evenly)
   bool sequence_parallel = false;       // split activations on the sequence outside the tp linears (tp must divide context)
-  std::string schedule = "1f1b";        // pipeline schedule: "gpipe" | "1f1b"
+  std::string schedule = "1f1b";        // pipeline schedule: "gpipe" | "1f1b" | "interleaved"
   int64_t microbatches = 0;             // pipeline micro-batches per step; 0 = train.grad_accum
+  int64_t chunks = 0;                   // model chunks per stage (interleaved); 0 = 2 when interleaved, else 1
   // Memory modes (train/zero.hpp, train/recompute.hpp, docs/parallelism.md).
   int64_t zero = 0;                     // ZeRO stage over the dp ranks: 0 (plain DP), 1, 2, 3 (FSDP)
   std::string recompute = "none";       // activation recomputation: "none" | "selective" | "full"

@@ -136,6 +136,7 @@ struct MeshMode {
   std::string name;
   int dp = 1, tp = 1, pp = 1, zero = 0;
   bool sequence_parallel = false;
+  std::string schedule = "1f1b";  // "interleaved": 2 chunks per stage
 };
 
 struct MeshResult {
@@ -145,7 +146,7 @@ struct MeshResult {
   double split_params = 0;             // bytes of the weights tp splits, held by rank 0
   double tokens_per_s = 0;
   double bubble_share = 0;  // rank 0's measured share of the pipeline time spent waiting
-  double bubble_ideal = 0;  // (pp-1)/(M+pp-1)
+  double bubble_ideal = 0;  // (pp-1)/(chunks·M+pp-1)
   double final_loss = 0;
   std::string note;
 };
@@ -181,6 +182,7 @@ train::TrainConfig mesh_config(const BenchMemoryArgs& a, const MeshMode& m) {
   c.parallel.pp = m.pp;
   c.parallel.sequence_parallel = m.sequence_parallel;
   c.parallel.microbatches = kMeshMicrobatches;
+  c.parallel.schedule = m.schedule;
   return c;
 }
 
@@ -215,7 +217,7 @@ MeshResult run_mesh_mode(const BenchMemoryArgs& a, const MeshMode& mode) {
     res.tokens_per_s = static_cast<double>(t.tokens_per_step()) * a.steps / seconds;
     res.final_loss = m.loss;
     res.bubble_share = pipeline > 0 ? bubble / pipeline : 0;
-    res.bubble_ideal = static_cast<double>(mode.pp - 1) / static_cast<double>(kMeshMicrobatches + mode.pp - 1);
+    res.bubble_ideal = t.ideal_bubble_share();
     for (const auto& slot : t.model().params().slots())
       if (is_tp_split(slot.name)) res.split_params += 4 * static_cast<double>(slot.numel);
   });
@@ -225,7 +227,8 @@ MeshResult run_mesh_mode(const BenchMemoryArgs& a, const MeshMode& mode) {
   return res;
 }
 
-// The mesh shapes that a.ranks ranks and the model allow, in a fixed order.
+// The mesh shapes that a.ranks ranks and the model allow, in a fixed order
+// (the interleaved row: 2 chunks per stage, so layers % 4 == 0).
 std::vector<MeshMode> mesh_modes(const BenchMemoryArgs& a) {
   std::vector<MeshMode> out;
   const bool tp2 = a.heads % 2 == 0 && a.context % 2 == 0, pp2 = a.layers % 2 == 0;
@@ -233,6 +236,7 @@ std::vector<MeshMode> mesh_modes(const BenchMemoryArgs& a) {
   const int half = a.ranks / 2;
   if (tp2) out.push_back({fmt::format("dp{}xtp2", half), half, 2, 1});
   if (pp2) out.push_back({fmt::format("dp{}xpp2", half), half, 1, 2});
+  if (a.layers % 4 == 0) out.push_back({fmt::format("dp{}xpp2+il", half), half, 1, 2, 0, false, "interleaved"});
   if (tp2 && half > 1) out.push_back({fmt::format("dp{}xtp2+z1", half), half, 2, 1, 1});
   if (tp2 && pp2 && a.ranks % 4 == 0) {
     const int dp = a.ranks / 4;

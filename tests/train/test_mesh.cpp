@@ -75,6 +75,15 @@ TEST(Mesh, WhatDoesNotDivideIsAConfigErrorNamingTheConstraint) {
   EXPECT_NE(config_error("[model]\nwidth = 6\nheads = 2\nmlp_ratio = 1\n[parallel]\ntp = 4\n").find("heads"),
             std::string::npos);
   EXPECT_NE(config_error("[parallel]\nschedule = \"zigzag\"\n").find("parallel.schedule"), std::string::npos);
+  EXPECT_NE(config_error("[model]\nlayers = 4\n[parallel]\npp = 2\nschedule = \"interleaved\"\nmicrobatches = 3\n")
+                .find("3 micro-batches on pp = 2"),
+            std::string::npos);
+  EXPECT_NE(config_error("[model]\nlayers = 6\n[parallel]\npp = 2\nschedule = \"interleaved\"\nmicrobatches = 2\n")
+                .find("model.layers"),
+            std::string::npos);
+  EXPECT_NE(config_error("[parallel]\nschedule = \"interleaved\"\n").find("with pp = 1"), std::string::npos);
+  EXPECT_NE(config_error("[model]\nlayers = 4\n[parallel]\npp = 2\nchunks = 2\n").find("interleaved"),
+            std::string::npos);
   EXPECT_NE(config_error("[model]\ncontext = 15\nheads = 4\n[parallel]\ntp = 2\nsequence_parallel = true\n")
                 .find("model.context"),
             std::string::npos);

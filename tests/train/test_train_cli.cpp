@@ -229,7 +229,7 @@ TEST_F(TrainCli, ReportOfANonRunDirectoryIsAClearError) {
 // of the split weights, ZeRO-1 on the mesh halves the moments of dp2xtp2,
 // and full recomputation keeps fewer activations than none.
 TEST(BenchMemoryCli, MeshRowsMatchTheirFormulasAndTheTargetsAreReported) {
-  const Result r = run(kBraid + " bench memory --json --ranks 4 --layers 2 --width 32 --heads 4 --context 16"
+  const Result r = run(kBraid + " bench memory --json --ranks 4 --layers 4 --width 32 --heads 4 --context 16"
                                 " --activation-context 64 --batch 1 --steps 1");
   ASSERT_EQ(r.code, 0) << r.output;
   const auto j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
@@ -237,7 +237,7 @@ TEST(BenchMemoryCli, MeshRowsMatchTheirFormulasAndTheTargetsAreReported) {
   for (const auto& m : j["model_state"]) EXPECT_TRUE(m["ran"].get<bool>()) << m.dump();
   std::map<std::string, nlohmann::json> mesh;
   for (const auto& m : j["mesh"]) mesh[m["mode"].get<std::string>()] = m;
-  for (const char* name : {"dp2xtp2", "dp2xpp2", "dp2xtp2+z1", "tp2xpp2", "tp2xpp2+sp"}) {
+  for (const char* name : {"dp2xtp2", "dp2xpp2", "dp2xpp2+il", "dp2xtp2+z1", "tp2xpp2", "tp2xpp2+sp"}) {
     ASSERT_TRUE(mesh.count(name)) << name << " missing: " << j["mesh"].dump();
     const auto& m = mesh[name];
     ASSERT_TRUE(m["ran"].get<bool>()) << m.dump();
@@ -249,7 +249,9 @@ TEST(BenchMemoryCli, MeshRowsMatchTheirFormulasAndTheTargetsAreReported) {
   EXPECT_DOUBLE_EQ(mesh["tp2xpp2"]["split_params_share_of_dp"].get<double>(), 0.25);
   const double moments = mesh["dp2xtp2"]["measured_max_rank"]["optimizer"].get<double>() / 8;  // elements
   EXPECT_EQ(mesh["dp2xtp2+z1"]["measured_max_rank"]["optimizer"].get<double>(), 8 * std::ceil(moments / 2));
-  EXPECT_GT(mesh["tp2xpp2"]["bubble_ideal"].get<double>(), 0);
+  EXPECT_DOUBLE_EQ(mesh["tp2xpp2"]["bubble_ideal"].get<double>(), 1.0 / 5.0);
+  ASSERT_TRUE(mesh.count("dp2xpp2+il")) << j["mesh"].dump();
+  EXPECT_DOUBLE_EQ(mesh["dp2xpp2+il"]["bubble_ideal"].get<double>(), 1.0 / 9.0);
   EXPECT_TRUE(j["targets"]["tp2_halves_split_params"].get<bool>());
   EXPECT_TRUE(j["targets"]["full_recompute_cut_ge_3x"].get<bool>());
 }
