@@ -84,6 +84,7 @@ StepMetrics Trainer::train_step() {
   // backward launches bucket all-reduces (from the gradient hooks).
   model_.params().zero_grads();
   if (zero_) zero_->begin_step();
+  const uint64_t sent_at_start = comm_ && world_ > 1 ? comm_->stats().bytes_sent : 0;
   double local_loss = 0;
   for (int64_t micro = 0; micro < accum; ++micro) {
     auto batch = load_windows(data_.train(), sampler_.next_offsets());
@@ -154,6 +155,14 @@ StepMetrics Trainer::train_step() {
   }
   ++step_;
   m.step = step_;
+  if (zero_) {
+    // ZeRO's collectives outside the bucketed all-reduces: the time blocked
+    // on them is exposed; their bytes are in the step's total below.
+    const double waited = zero_->take_comm_wait_s();
+    m.comm_s += waited;
+    m.comm_exposed_s += waited;
+  }
+  if (comm_ && world_ > 1) m.bytes_sent = comm_->stats().bytes_sent - sent_at_start;
 
   m.step_s = step_clock.seconds();
   m.compute_s = std::max(0.0, m.step_s - m.comm_exposed_s);

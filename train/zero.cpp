@@ -8,6 +8,7 @@
 #include <cctype>
 #include <cstring>
 
+#include "core/clock.hpp"
 #include "core/error.hpp"
 
 namespace braid::train {
@@ -248,7 +249,9 @@ void ZeroOptimizer::wait_gather(int k) {
   launch_gather(k);
   if (st.gather_pending) {
     st.gather_pending = false;
+    Stopwatch waited;
     st.gather_work.wait();
+    comm_wait_s_ += waited.seconds();
   }
   st.gathered = true;
 }
@@ -306,8 +309,13 @@ void ZeroOptimizer::complete_reduces(bool wait_all) {
     const auto& u = layout_.units()[static_cast<size_t>(k)];
     const bool must = wait_all || reduce_queue_.size() - done > 2;
     if (st.reduce_work.valid()) {
-      if (must) st.reduce_work.wait();
-      else if (!st.reduce_work.test()) break;
+      if (must) {
+        Stopwatch waited;
+        st.reduce_work.wait();
+        comm_wait_s_ += waited.seconds();
+      } else if (!st.reduce_work.test()) {
+        break;
+      }
       st.reduce_work = comm::Work{};
     }
     const float* own = st.grad.data_ptr<float>() + static_cast<int64_t>(layout_.rank()) * u.block;
@@ -390,7 +398,9 @@ void ZeroOptimizer::gather_into_flat() {
     auto [a, b] = layout_.owned(u, layout_.rank());
     std::fill(own.begin(), own.end(), 0.0f);
     if (b > a) std::memcpy(own.data(), flat + a, 4 * static_cast<size_t>(b - a));
+    Stopwatch waited;
     comm_->all_gather(own.data(), all.data(), static_cast<size_t>(u.block), DType::F32, collective_).wait();
+    comm_wait_s_ += waited.seconds();
     std::memcpy(flat + u.begin, all.data(), 4 * static_cast<size_t>(u.numel()));
   }
   memory_.params.sub(staging);

@@ -139,6 +139,14 @@ class ZeroOptimizer : public BlockRunner {
   // on the lead rank). A collective: every rank calls it.
   void gather_all();
   const ZeroMemory& memory() const { return memory_; }
+  // Seconds the caller spent blocked on ZeRO's own collectives (gathers,
+  // reduce-scatters, the all-gather after the update) since the last call:
+  // exposed communication for the step metrics.
+  double take_comm_wait_s() {
+    const double s = comm_wait_s_;
+    comm_wait_s_ = 0;
+    return s;
+  }
   void reset_peaks();
 
   // Autograd plumbing (public for the functions in zero.cpp).
@@ -173,6 +181,7 @@ class ZeroOptimizer : public BlockRunner {
   std::exception_ptr hook_error_;
   ZeroMemory memory_;
   bool pinned_ = false;  // gather_all() in effect
+  double comm_wait_s_ = 0;
 };
 
 }  // namespace braid::train
