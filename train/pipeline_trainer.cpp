@@ -72,6 +72,8 @@ PipelineTrainer::PipelineTrainer(const TrainConfig& config, const TokenDataset& 
                       "build the mesh from resolve_mesh_shape(config.parallel, world)");
   validate_mesh_config(config.model, config.train, config.parallel);
   p2p_.timeout_s = config.parallel.timeout_s;
+  if (mesh.dp() && shard_block_ == 0)
+    dp_sync_ = std::make_unique<DataParallel>(model_.params(), mesh.dp(), config.parallel);
   model_.set_recompute(parse_recompute_mode(config.parallel.recompute));
   model_.set_sequence_parallel(config.parallel.sequence_parallel);
   GptModel layout(config.model, 0);  // only for the FLOP count (same formula as Trainer)
@@ -134,21 +136,21 @@ void PipelineTrainer::sum_tied_embedding_gradients() {
   grad.add_(theirs);  // a + b == b + a exactly: both copies get the same bits
 }
 
-// Averages the stage's gradients over the dp replicas: one all-reduce, or
-// with ZeRO-1 a reduce-scatter that leaves the average of the own shard
-// (the rest of the buffer keeps this replica's sums and is not read).
+// Averages the stage's gradients over the dp replicas: waits for the bucket
+// all-reduces launched during the last backward, or with ZeRO-1 runs a
+// reduce-scatter that leaves the average of the own shard (the rest of the
+// buffer keeps this replica's sums and is not read).
 void PipelineTrainer::sync_data_parallel_gradients() {
   auto* dp = mesh_.dp();
   if (!dp) return;
+  if (dp_sync_) {
+    dp_sync_->finish_gradient_sync();
+    return;
+  }
   auto grads = model_.params().grads();
   const DType type = dtype_of(model_.params());
   comm::CollectiveOptions o;
   o.timeout_s = config_.parallel.timeout_s;
-  if (shard_block_ == 0) {
-    dp->all_reduce(grads.data_ptr(), grads.data_ptr(), static_cast<size_t>(grads.numel()), type, comm::ReduceOp::Avg, o)
-        .wait();
-    return;
-  }
   const int64_t n = grads.numel(), padded = shard_block_ * dp->size();
   auto in = grads;
   if (padded != n) {  // the last shard is short: reduce a zero-padded copy
@@ -208,7 +210,9 @@ StepMetrics PipelineTrainer::train_step() {
   // Per (chunk, micro-batch): the received input and the chunk's output.
   std::vector<torch::Tensor> inputs(static_cast<size_t>(M * V)), outputs(static_cast<size_t>(M * V));
   double loss_sum = 0;
-  for (const auto& action : pipeline_schedule(schedule_, stages, stage, static_cast<int>(M), V)) {
+  const auto actions = pipeline_schedule(schedule_, stages, stage, static_cast<int>(M), V);
+  for (size_t i = 0; i < actions.size(); ++i) {
+    const auto& action = actions[i];
     const auto mb = static_cast<size_t>(action.microbatch);
     const auto slot = static_cast<size_t>(action.chunk) * static_cast<size_t>(M) + mb;
     const int u = action.chunk * stages + stage;  // virtual stage
@@ -231,6 +235,9 @@ StepMetrics PipelineTrainer::train_step() {
         outputs[slot] = out;
       }
     } else {
+      // The stage's last backward completes its gradients: the dp buckets
+      // launch from its hooks.
+      if (dp_sync_) dp_sync_->begin_backward(i + 1 == actions.size());
       if (last_v) {
         outputs[slot].backward();
       } else {
@@ -245,12 +252,15 @@ StepMetrics PipelineTrainer::train_step() {
   wait_sends();
   timing_.pipeline_s = pipeline_clock.seconds();
 
-  // Gradient sync: sequence-parallel partial sums over tp, the tied
-  // embedding's two copies, then the replicas.
+  // Gradient sync: the replicas' average (already in flight), then the
+  // sequence-parallel partial sums over tp and the tied embedding's two
+  // copies (sums commute with the average). Under ZeRO-1 the reduce-scatter
+  // comes last: it leaves only the own shard averaged.
   Stopwatch sync_clock;
+  if (dp_sync_) sync_data_parallel_gradients();
   model_.sync_sequence_parallel_grads();
   sum_tied_embedding_gradients();
-  sync_data_parallel_gradients();
+  if (!dp_sync_) sync_data_parallel_gradients();  // ZeRO-1: the shards need the whole sums first
 
   // Loss and global norm: each rank adds what it alone accounts for (with
   // ZeRO-1 every dp rank its shard of the averaged gradient).
@@ -286,6 +296,11 @@ StepMetrics PipelineTrainer::train_step() {
   m.bytes_sent = bytes_sent_on(mesh_) - sent_before;
   m.tokens_per_s = static_cast<double>(tokens_per_step()) / m.step_s;
   if (job_peak_flops_ > 0) m.mfu = m.tokens_per_s * flops_per_token_ / job_peak_flops_;
+  if (dp_sync_) {
+    const auto& t = dp_sync_->last_timing();
+    m.extra.emplace_back("dp_buckets", t.buckets);
+    m.extra.emplace_back("dp_buckets_overlapped", t.launched_in_backward);  // launched during the last backward
+  }
   if (stages > 1) {
     m.extra.emplace_back("pp_bubble_s", timing_.bubble_s);
     m.extra.emplace_back("pp_bubble_share", timing_.bubble_share());

@@ -12,8 +12,10 @@
 //                   the tensor-parallel all-reduces run inside the blocks
 //                   (tensor_parallel.hpp)
 //   tied embedding  first and last stage add their wte gradients (pp > 1)
-//   data parallel   gradients averaged over the dp group (one all-reduce of
-//                   the stage's flat gradient buffer)
+//   data parallel   gradients averaged over the dp group: bucketed
+//                   all-reduces launched from the gradient hooks of the
+//                   stage's last backward (DataParallel), so they overlap it;
+//                   the sums below are linear and run after them
 //   loss + norm     one small all-reduce over the world: the loss from the
 //                   last stages, Σ g² shares from every rank of dp rank 0
 //   optimizer       clipped AdamW over the local flat buffers
@@ -36,11 +38,13 @@
 // measured (pp_bubble_s) and is ideally (pp-1)/(M+pp-1) of the pipeline time.
 #include "train/pch.hpp"
 
+#include <memory>
 #include <optional>
 #include <vector>
 
 #include "comm/communicator.hpp"
 #include "train/batch_sampler.hpp"
+#include "train/data_parallel.hpp"
 #include "train/flat_adamw.hpp"
 #include "train/parallel_mesh.hpp"
 #include "train/pipeline_schedule.hpp"
@@ -110,6 +114,7 @@ class PipelineTrainer {
   int64_t shard_begin_ = 0, shard_end_ = 0;  // optimizer_range()
   int64_t shard_block_ = 0;                  // ZeRO-1: ⌈n/dp⌉ (0 without)
   FlatAdamW optimizer_;
+  std::unique_ptr<DataParallel> dp_sync_;  // dp > 1 without ZeRO-1
   BatchSampler sampler_;
   comm::CollectiveOptions p2p_;
   std::vector<std::pair<comm::Work, torch::Tensor>> pending_sends_;

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <fmt/format.h>
 
@@ -112,6 +113,33 @@ TEST_F(MeshTraining, Dp2Pp2Zero1EqualsOneProcess) {
   cfg.parallel.microbatches = 3;
   cfg.parallel.zero = 1;
   expect_mesh_equals_single(cfg, 3);
+}
+
+// The dp all-reduce of a pipeline stage's gradients runs in buckets launched
+// from the gradient hooks of the stage's last backward (overlapping it); with
+// parallel.overlap = false they all wait for the end of the pipeline. Both
+// give one process's math (Dp2Pp2EqualsOneProcess covers the default).
+TEST_F(MeshTraining, Dp2Pp2BucketsOverlapTheLastBackward) {
+  auto cfg = tiny_config();
+  cfg.parallel.dp = 2;
+  cfg.parallel.pp = 2;
+  cfg.parallel.microbatches = 2;
+  cfg.parallel.bucket_bytes = 4096;  // several buckets per stage
+  for (bool overlap : {true, false}) {
+    cfg.parallel.overlap = overlap;
+    for (const auto& r : run_mesh(cfg, 1)) {
+      const auto& m = r.metrics.at(0);
+      std::map<std::string, double> extra(m.extra.begin(), m.extra.end());
+      ASSERT_TRUE(extra.count("dp_buckets_overlapped"));
+      EXPECT_GT(extra["dp_buckets"], 1);
+      if (overlap)
+        EXPECT_GT(extra["dp_buckets_overlapped"], 0) << "stage " << r.coords.pp;
+      else
+        EXPECT_EQ(extra["dp_buckets_overlapped"], 0);
+    }
+  }
+  cfg.parallel.overlap = false;
+  expect_mesh_equals_single(cfg, 2);
 }
 
 // What `braid train` runs with tp/pp set: run_training_job hands the config
