@@ -1,6 +1,9 @@
 #include "train/fault_tolerance.hpp"
 
 #include <fmt/format.h>
+
+#include <algorithm>
+#include <optional>
 #include <signal.h>
 #include <unistd.h>
 
@@ -27,6 +30,7 @@ namespace {
 // scratch, which is what a quorum of latecomers without a healthy member
 // would otherwise do.
 constexpr const char* kFinishedKey = "braid/ft/finished_step";
+constexpr const char* kRunDirKey = "braid/ft/run_dir";
 
 std::string format_bytes(double b) {
   if (b >= 1e9) return fmt::format("{:.2f} GB", b * 1e-9);
@@ -98,6 +102,30 @@ BatchShape batch_shape_for(const TrainConfig& config, int replicas, int referenc
   int64_t accum = (per_replica + b - 1) / b;
   while (per_replica % accum != 0) ++accum;
   return {per_replica / accum, accum};
+}
+
+// The replica id that sorts first: numerically when both are numbers (the
+// launcher's slots "0", "1", ..., "10"), else as text.
+std::string lowest_replica(const std::vector<coord::QuorumMember>& members) {
+  auto number = [](const std::string& id) -> std::optional<long long> {
+    if (id.empty() || id.size() > 18 || !std::all_of(id.begin(), id.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      return std::nullopt;
+    return std::stoll(id);
+  };
+  std::string best;
+  for (const auto& m : members) {
+    const auto a = number(m.replica_id), b = number(best);
+    const bool before = best.empty() || (a && b ? *a < *b : m.replica_id < best);
+    if (before) best = m.replica_id;
+  }
+  return best;
+}
+
+std::string FaultTolerance::agreed_run_dir(const std::string& proposal) {
+  std::string stored;
+  if (store_->try_get(kRunDirKey, stored) && !stored.empty()) return stored;
+  store_->set(kRunDirKey, proposal);
+  return proposal;
 }
 
 bool FaultTolerance::is_lead_replica() {
@@ -339,6 +367,7 @@ std::optional<StepMetrics> FaultTolerance::train_step() {
     coord::Quorum q = client_->quorum(step);
     failure_noted_ = false;
     world_ = q.world_size();
+    keeps_records_ = lowest_replica(q.info.members) == replica_;
     stats_.replicas = world_;
     {
       nlohmann::json j;

@@ -69,6 +69,9 @@ class Store;
 
 namespace braid::train {
 
+// The replica id that sorts first (numerically for numbers, else as text).
+std::string lowest_replica(const std::vector<coord::QuorumMember>& members);
+
 // One self-inflicted fault of BRAID_FT_DRILL.
 struct FaultDrill {
   std::string action;   // "kill" | "stop"
@@ -133,8 +136,15 @@ class FaultTolerance : private StepObserver {
   comm::Communicator* communicator() { return comm_.get(); }
   const RecoveryStats& stats() const { return stats_; }
   const coord::Timeouts& timeouts() const { return timeouts_; }
-  // The replica that writes the run directory: the launcher's rank 0.
+  // The replica that starts the run directory: the launcher's rank 0.
   static bool is_lead_replica();
+  // Whether this worker writes the run's records (metrics.jsonl, summary.json)
+  // in the current epoch: the member with the lowest replica id, i.e. the lead
+  // while it is a member, else the survivor that takes over its records.
+  bool keeps_records() const { return keeps_records_; }
+  // The run directory of the job, agreed through the coordinator's store:
+  // the first worker to ask stores its proposal, later ones get that path.
+  std::string agreed_run_dir(const std::string& proposal);
 
  private:
   bool before_optimizer_apply(Trainer&, const StepMetrics&) override;
@@ -177,6 +187,7 @@ class FaultTolerance : private StepObserver {
   int world_ = 0;
   bool state_partial_ = false;  // a heal into this worker failed half-way
   bool finished_ = false;
+  bool keeps_records_ = false;
   RecoveryStats stats_;
 
   std::mutex events_mu_;

@@ -88,18 +88,32 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     throw ConfigError("--resume needs a checkpoint directory", "set checkpoint.dir in the config (or --set checkpoint.dir=DIR)");
   }
 
+  // Fault tolerance: the run directory's path is agreed through the
+  // coordinator's store, so that a restarted lead continues its first life's
+  // metrics and a survivor can take over the records of a lead lost for good.
+  const std::string proposed_run_dir = config.run.dir.empty() ? default_run_dir(config.run.name) : config.run.dir;
   std::unique_ptr<RunDirectory> run_dir;
   if (lead && options.write_run_dir) {
-    // A lead restarted by the launcher (fault tolerance) continues the run's
-    // metrics, which its first life wrote, instead of starting them anew.
-    const bool restarted = config.fault.enabled && env::get_int("BRAID_RESTART_COUNT", 0) > 0 && !config.run.dir.empty();
-    run_dir = std::make_unique<RunDirectory>(config.run.dir.empty() ? default_run_dir(config.run.name)
-                                                                    : config.run.dir,
-                                             restarted);
+    const bool restarted = ft && env::get_int("BRAID_RESTART_COUNT", 0) > 0;
+    run_dir = std::make_unique<RunDirectory>(ft ? ft->agreed_run_dir(proposed_run_dir) : proposed_run_dir, restarted);
     if (restarted) log::info("restarted lead worker: appending to {}/metrics.jsonl", run_dir->path());
     summary.run_dir = run_dir->path();
-    run_dir->write_file("config.toml", config.to_toml());
+    if (!restarted) run_dir->write_file("config.toml", config.to_toml());
   }
+  // Whether this worker writes metrics.jsonl / summary.json now; under fault
+  // tolerance the current keeper (FaultTolerance::keeps_records) takes over
+  // the directory the first time it is one without being the lead.
+  auto keeps_records = [&]() -> bool {
+    if (!ft) return run_dir != nullptr;
+    if (!options.write_run_dir || !ft->keeps_records()) return false;
+    if (!run_dir) {
+      run_dir = std::make_unique<RunDirectory>(ft->agreed_run_dir(proposed_run_dir), /*append=*/true);
+      summary.run_dir = run_dir->path();
+      log::warn("the lead worker is not among the members: this worker now writes {}/metrics.jsonl and summary.json",
+                run_dir->path());
+    }
+    return true;
+  };
   health.set_flight_dir(run_dir ? (std::filesystem::path(run_dir->path()) / "flight").string() : "");
   if (checkpointing)
     health.set_rollback([&]() -> std::optional<int64_t> {
@@ -130,9 +144,13 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   double time = 0, tokens = 0, comm_s = 0, exposed = 0, mfu_time = 0;
   int64_t measured = 0;
   StepMetrics last;
+  bool left_out = false;
   while (trainer.step() < config.train.steps) {
     std::optional<StepMetrics> next = ft ? ft->train_step() : trainer.train_step();
-    if (!next) break;  // fault tolerance: the job had finished without this worker
+    if (!next) {  // fault tolerance: the job had finished without this worker
+      left_out = true;
+      break;
+    }
     StepMetrics m = std::move(*next);
     health.annotate(m);
     if (diloco) diloco->annotate(m);
@@ -141,7 +159,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
       if (checkpointing->stop_agreed()) {
         // Saved and committed already; no validation or sample on the way out.
         summary.stopped = true;
-        if (run_dir) run_dir->append_metrics(m);
+        if (keeps_records()) run_dir->append_metrics(m);
         last = m;
         break;
       }
@@ -156,7 +174,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
       exposed += m.comm_exposed_s;
       ++measured;
     }
-    if (run_dir) run_dir->append_metrics(m);
+    if (keeps_records()) run_dir->append_metrics(m);
     progress.update(m);
     last = m;
   }
@@ -181,15 +199,18 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
 
   if (config.train.sample_tokens > 0 && !summary.stopped && trainer.zero())
     trainer.zero()->gather_all();  // ZeRO-3: the lead samples alone, so every rank gathers first
-  if (lead && config.train.sample_tokens > 0 && !summary.stopped)
+  // Who reports the run: the lead, or under fault tolerance the worker that
+  // keeps the records at the end (the lead may be gone).
+  const bool reporter = ft ? ft->keeps_records() && !left_out : lead;
+  if (reporter && config.train.sample_tokens > 0 && !summary.stopped)
     summary.sample = trainer.sample_text(config.train.sample_tokens);
   summary.wall_s = wall.seconds();
 
-  if (lead && summary.stopped) {
+  if (reporter && summary.stopped) {
     log::warn("stopped by {} after step {}: checkpoint {} committed; continue with `braid train CONFIG --resume`",
               ckpt::stop_signal() ? signal_name(ckpt::stop_signal()) : std::string("a stop request"), summary.steps,
               (ckpt::CheckpointDir(config.checkpoint.dir).step_path(summary.steps)).string());
-  } else if (lead) {
+  } else if (reporter) {
     log::info("done: {} steps in {}, loss {:.4f}{}, {:.0f} tokens/s, MFU {:.1f}%{}", summary.steps,
               format_duration(summary.wall_s), summary.final_loss,
               summary.final_val_loss ? fmt::format(", validation loss {:.4f}", *summary.final_val_loss) : "",
@@ -198,7 +219,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
                                       summary.hidden_fraction * 100)
                         : "");
   }
-  if (run_dir) {
+  if (run_dir && (!ft || reporter)) {
     nlohmann::ordered_json j;
     j["steps"] = summary.steps;
     j["world_size"] = ft ? ft->stats().replicas : world;
@@ -261,7 +282,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     run_dir->write_file("summary.json", j.dump(2) + "\n");
     if (!summary.sample.empty()) run_dir->write_file("sample.txt", summary.sample + "\n");
   }
-  if (lead && options.print_sample && !summary.sample.empty())
+  if (reporter && options.print_sample && !summary.sample.empty())
     std::printf("--- sample (%lld tokens) ---\n%s\n---\n", static_cast<long long>(config.train.sample_tokens),
                 summary.sample.c_str());
   std::fflush(stdout);

@@ -395,6 +395,33 @@ TEST_F(FaultTolerantTraining, RestartedLeadKeepsTheRunsMetrics) {
   EXPECT_TRUE(fs::exists(dir_ + "/run/summary.json")) << log;
 }
 
+// The lead killed for good (no restarts): the lowest surviving replica takes
+// over the run directory, whose path the lead agreed through the
+// coordinator's store, so metrics.jsonl has every step once and
+// summary.json is written at the end.
+TEST_F(FaultTolerantTraining, LeadLostForGoodASurvivorKeepsTheRecords) {
+  const int steps = 30;
+  auto cfg = config(steps);
+  Background job;
+  job.start(env("kill:0@8", 0) + kBraid + " launch --nproc 3 " + kTimeouts + " -- " + kBraid + " train " + cfg,
+            dir_ + "/launch.log");
+  ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
+  const std::string log = slurp(dir_ + "/launch.log");
+  EXPECT_EQ(job.code, 0) << log;
+  EXPECT_NE(log.find("now writes"), std::string::npos) << log;
+  auto ev = events();
+  expect_same_final_state(ev, {"1", "2"}, steps);
+  std::map<int64_t, int> lines;
+  std::ifstream metrics(dir_ + "/run/metrics.jsonl");
+  for (std::string line; std::getline(metrics, line);)
+    if (!line.empty()) ++lines[json::parse(line).at("step").get<int64_t>()];
+  for (int64_t s = 1; s <= steps; ++s) EXPECT_EQ(lines[s], 1) << "step " << s << "'s line";
+  ASSERT_TRUE(fs::exists(dir_ + "/run/summary.json")) << log;
+  auto summary = json::parse(slurp(dir_ + "/run/summary.json"));
+  EXPECT_EQ(summary["steps"].get<int>(), steps);
+  EXPECT_EQ(summary["fault_tolerance"]["replicas_at_end"].get<int>(), 2);
+}
+
 // Three "hosts" (network namespaces joined by a bridge, scripts/netns-hosts),
 // a standalone coordinator on host 0, one worker per host. Host 2's link goes
 // down in the middle of the run: the others evict it after the heartbeat death

@@ -201,3 +201,27 @@ TEST(Healing, ADifferentModelIsRefusedAndLeavesTheStateAlone) {
 
 }  // namespace
 }  // namespace braid::train
+
+namespace braid::train {
+namespace {
+
+// The record keeper is the member with the lowest replica id: launcher slots
+// compare as numbers ("10" after "2"), other ids as text.
+TEST(RecordKeeper, LowestReplicaComparesSlotsAsNumbers) {
+  auto members = [](std::vector<std::string> ids) {
+    std::vector<coord::QuorumMember> out;
+    for (auto& id : ids) {
+      coord::QuorumMember m;
+      m.replica_id = id;
+      out.push_back(m);
+    }
+    return out;
+  };
+  EXPECT_EQ(lowest_replica(members({"2", "10", "1"})), "1");
+  EXPECT_EQ(lowest_replica(members({"10", "2"})), "2");
+  EXPECT_EQ(lowest_replica(members({"b", "a"})), "a");
+  EXPECT_EQ(lowest_replica(members({})), "");
+}
+
+}  // namespace
+}  // namespace braid::train
