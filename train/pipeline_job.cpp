@@ -17,6 +17,7 @@
 #include "train/pipeline_trainer.hpp"
 #include "train/progress_line.hpp"
 #include "train/run_directory.hpp"
+#include "train/tensor_parallel.hpp"
 
 namespace braid::train {
 
@@ -85,8 +86,6 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
                                           static_cast<double>(trainer.optimizer().numel()) * 1e-6)
                             : "");
     if (run_dir) log::info("run directory: {}", run_dir->path());
-    if (config.train.sample_tokens > 0)
-      log::info("no text sample at the end: sampling needs the whole model on one rank (tp = pp = 1)");
   }
 
   ProgressLine progress(lead && config.run.progress ? options.progress : nullptr, config.train.steps,
@@ -141,6 +140,21 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     summary.comm_s = comm_s / static_cast<double>(measured);
     summary.comm_exposed_s = exposed / static_cast<double>(measured);
   }
+  // The end-of-run sample needs the whole model on one rank: every rank adds
+  // what it accounts for into a full-layout vector (dp rank 0's replica
+  // only), one all-reduce over the world gives it to all, and the lead
+  // samples from a GptModel holding it.
+  if (config.train.sample_tokens > 0 && !summary.stopped) {
+    auto full = torch::zeros({trainer.model().full_numel()}, torch::kFloat32);
+    if (trainer.mesh().dp_rank() == 0) trainer.model().add_own_to_full(full);
+    all_reduce_tensor_sum(full, trainer.mesh().world(), config.parallel.timeout_s);
+    if (lead) {
+      GptModel whole(config.model, config.train.seed);
+      torch::NoGradGuard no_grad;
+      whole.params().params().copy_(full);
+      summary.sample = sample_text(whole, config, config.train.sample_tokens);
+    }
+  }
   summary.wall_s = wall.seconds();
   if (lead && summary.stopped)
     log::warn("stopped by {} after step {}: checkpoint {} committed; continue with `braid train CONFIG --resume`",
@@ -177,7 +191,11 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     if (checkpointing)
       j["checkpoint"] = checkpointing->summary_json(summary.resumed_from, summary.last_checkpoint_step, summary.stopped);
     run_dir->write_file("summary.json", j.dump(2) + "\n");
+    if (!summary.sample.empty()) run_dir->write_file("sample.txt", summary.sample + "\n");
   }
+  if (lead && options.print_sample && !summary.sample.empty())
+    std::printf("--- sample (%lld tokens) ---\n%s\n---\n", static_cast<long long>(config.train.sample_tokens),
+                summary.sample.c_str());
   std::fflush(stdout);
   return summary;
 }

@@ -150,6 +150,16 @@ void TensorParallelGpt::copy_from_full(const torch::Tensor& full_flat) {
 
 void TensorParallelGpt::copy_to_full(torch::Tensor& full_flat) const { gather_to_full(params_.params(), full_flat); }
 
+void TensorParallelGpt::add_own_to_full(torch::Tensor& full_flat) const {
+  torch::NoGradGuard no_grad;
+  auto mine = torch::zeros_like(full_flat);
+  auto local = params_.params().clone();
+  for (size_t i = 0; i < sharding_.size(); ++i)
+    if (!sharding_[i].counted_in_norm) local_view(local, static_cast<int>(i)).zero_();
+  gather_to_full(local, mine);
+  full_flat.add_(mine);
+}
+
 double TensorParallelGpt::grad_sum_of_squares_share(int64_t begin, int64_t end) const {
   if (end < 0) end = params_.numel();
   double sum = 0;

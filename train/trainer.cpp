@@ -195,18 +195,20 @@ std::optional<double> Trainer::evaluate() {
   return v[1] > 0 ? std::optional<double>(v[0] / v[1]) : std::nullopt;
 }
 
-std::string Trainer::sample_text(int64_t tokens) {
-  const auto& t = config_.train;
+std::string Trainer::sample_text(int64_t tokens) { return train::sample_text(model_, config_, tokens); }
+
+std::string sample_text(GptModel& model, const TrainConfig& config, int64_t tokens) {
+  const auto& t = config.train;
   std::vector<int64_t> prompt;
-  if (config_.data.format == "bytes") {
+  if (config.data.format == "bytes") {
     for (unsigned char c : t.sample_prompt) prompt.push_back(c);
   } else {
     prompt.push_back(0);  // token files carry no tokenizer: start from id 0
   }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(t.seed ^ 0x5a5a5a5aull);
-  auto out = model_.generate(prompt, tokens, t.sample_temperature, t.sample_top_k, gen);
+  auto out = model.generate(prompt, tokens, t.sample_temperature, t.sample_top_k, gen);
   std::string text;
-  if (config_.data.format == "bytes") {
+  if (config.data.format == "bytes") {
     text = t.sample_prompt;
     for (auto id : out) text += static_cast<char>(id);
   } else {

@@ -157,7 +157,7 @@ TEST_F(MeshTraining, TrainingJobRunsTheMeshEngine) {
   cfg.data.paths = std::vector<std::string>{(dir / "corpus.txt").string()};
   cfg.train.steps = 4;
   cfg.train.eval_every = 2;
-  cfg.train.sample_tokens = 0;
+  cfg.train.sample_tokens = 24;
   cfg.parallel.tp = 2;
   cfg.parallel.pp = 2;
   cfg.parallel.microbatches = 2;
@@ -184,6 +184,20 @@ TEST_F(MeshTraining, TrainingJobRunsTheMeshEngine) {
   EXPECT_EQ(summary["mesh"]["tp"], 2);
   EXPECT_EQ(summary["mesh"]["pp"], 2);
   EXPECT_EQ(summary["mesh"]["dp"], 1);
+
+  // The end-of-run sample comes from the whole model put together from the
+  // ranks' slices: the same text one process samples after the same steps
+  // (parameters equal to ~1e-6, far from flipping a draw of 24 tokens).
+  ASSERT_FALSE(summaries[0].sample.empty());
+  EXPECT_TRUE(std::filesystem::exists(dir / "run" / "sample.txt"));
+  auto single_cfg = cfg;
+  single_cfg.parallel.tp = 1;
+  single_cfg.parallel.pp = 1;
+  single_cfg.parallel.microbatches = 0;
+  single_cfg.train.grad_accum = 2;
+  single_cfg.run.dir = (dir / "single").string();
+  const auto single = run_jobs(single_cfg, 1);
+  EXPECT_EQ(summaries[0].sample, single[0].sample);
 
   auto with_fault = cfg;
   with_fault.fault.enabled = true;

@@ -84,26 +84,14 @@ struct SingleResult {
 // run_training_job on `world` ranks as threads (in-process transport), with
 // `base` options plus the test defaults (no progress line, no sample).
 inline std::vector<JobSummary> run_jobs(const TrainConfig& cfg, int world, JobOptions base = {}) {
-  auto hub = net::make_inproc_hub(world);
   std::vector<JobSummary> summaries(static_cast<size_t>(world));
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        comm::Communicator comm(net::connect_inproc(hub, r));
-        JobOptions options = base;
-        options.local_ranks = world;
-        options.progress = nullptr;
-        options.print_sample = false;
-        summaries[static_cast<size_t>(r)] = run_training_job(cfg, &comm, options);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  comm::run_in_process(world, [&](comm::Communicator& comm) {
+    JobOptions options = base;
+    options.local_ranks = world;
+    options.progress = nullptr;
+    options.print_sample = false;
+    summaries[static_cast<size_t>(comm.rank())] = run_training_job(cfg, &comm, options);
+  });
   return summaries;
 }
 
