@@ -27,6 +27,7 @@
 #include "plan/units.hpp"
 #include "core/thread.hpp"
 #include "train/compute_threads.hpp"
+#include "train/parallel_mesh.hpp"
 
 namespace braid::cli {
 namespace fs = std::filesystem;
@@ -233,7 +234,7 @@ plan::ParallelPlan plan_for_job(const train::TrainConfig& config, int workers) {
   p.dp = dp;
   p.tp = par.tp;
   p.pp = par.pp;
-  p.zero = static_cast<int>(par.zero);  // engine: ZeRO over the dp ranks (only with tp = pp = 1)
+  p.zero = static_cast<int>(par.zero);  // engine: ZeRO over the dp ranks (with tp/pp: stage 1 only)
   // Ranks are laid out tp innermost, then pp, then dp (docs/parallelism.md).
   p.order = plan::MeshOrder::DpOuter;
   p.micro_batch = config.train.batch_size;
@@ -245,22 +246,28 @@ plan::ParallelPlan plan_for_job(const train::TrainConfig& config, int workers) {
       mesh_engine && par.microbatches > 0 ? par.microbatches : config.train.grad_accum;
   p.global_batch = config.train.batch_size * micro_batches * dp;
   p.seq_len = config.model.context;
-  p.schedule = par.schedule == "gpipe" ? plan::Schedule::GPipe : plan::Schedule::OneFOneB;
-  p.virtual_stages = 1;
+  p.schedule = par.schedule == "gpipe"         ? plan::Schedule::GPipe
+               : par.schedule == "interleaved" ? plan::Schedule::Interleaved
+                                               : plan::Schedule::OneFOneB;
+  p.virtual_stages = static_cast<int>(train::pipeline_chunks(par));
   // none: the engine stores the attention probabilities for backward
   // (train/fused_ops.hpp); full: every block keeps its input and re-runs its
   // forward in backward (train/recompute.hpp), as the plan's full mode.
   p.recompute = par.recompute == "full" ? plan::Recompute::Full : plan::Recompute::None;
   p.flash_attention = false;
-  p.sequence_parallel = false;  // parallel.sequence_parallel = true is refused by the engine
+  // Sequence parallelism as the plan's: norms and residuals split over tp,
+  // the pipeline's messages [B, T/tp, C].
+  p.sequence_parallel = par.sequence_parallel && par.tp > 1;
   p.grad_bits = 32;             // FP32 gradients (and weights, activations) throughout
   // What the engine overlaps (docs/plan.md, "braid's job as a plan"):
   //  - TP: the all-reduces sit inside the blocks' forward and backward and
   //    block them: nothing hidden.
   //  - PP: sends are posted without waiting, but the next stage blocks on the
   //    receive, so the transfer is on the critical path: nothing hidden.
-  //  - DP, mesh engine: one all-reduce of all gradients after the pipeline
-  //    has drained: nothing hidden.
+  //  - DP, mesh engine: bucket all-reduces from the hooks of each stage's
+  //    last backward when parallel.overlap (as the DP engine's last
+  //    micro-step); ZeRO-1 on the mesh reduce-scatters and gathers after the
+  //    pipeline: nothing hidden.
   //  - DP, ZeRO-0: bucket all-reduces during the last micro-step's backward
   //    when parallel.overlap, else after it.
   //  - ZeRO-1/2: the gradients are reduced during backward (ZeRO-1: the
@@ -272,7 +279,7 @@ plan::ParallelPlan plan_for_job(const train::TrainConfig& config, int workers) {
   //    plan's "prefetched behind all compute".
   p.overlap.tp = 0;
   p.overlap.pp = 0;
-  if (mesh_engine) p.overlap.dp = 0;
+  if (mesh_engine) p.overlap.dp = par.zero == 0 && par.overlap ? 1.0 : 0.0;
   else if (par.zero == 0) p.overlap.dp = par.overlap ? 1.0 : 0.0;
   else if (par.zero <= 2) p.overlap.dp = 0;
   else p.overlap.dp = 1;
@@ -286,6 +293,7 @@ std::string plan_command_for_job(const std::string& job, const std::string& clus
                               cluster_file, job, p.dp * p.tp * p.pp, p.tp, p.pp, p.zero, p.micro_batch,
                               p.global_batch, p.seq_len, plan::to_string(p.recompute));
   if (p.pp > 1) s += " --schedule " + plan::to_string(p.schedule);
+  if (p.schedule == plan::Schedule::Interleaved) s += fmt::format(" --virtual-stages {}", p.virtual_stages);
   s += fmt::format(" --order {}", plan::to_string(p.order));
   if (!p.sequence_parallel) s += " --no-sequence-parallel";
   if (!p.flash_attention) s += " --eager-attention";

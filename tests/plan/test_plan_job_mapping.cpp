@@ -108,7 +108,7 @@ TEST_F(PlanJobMapping, EachModeBecomesThePlanTheEngineRuns) {
     EXPECT_EQ(p["micro_batch"].get<int>(), 4);  // train.batch_size
     EXPECT_EQ(p["seq_len"].get<int>(), 32);
     EXPECT_FALSE(p["flash_attention"].get<bool>());    // the engine stores attention probabilities
-    EXPECT_FALSE(p["sequence_parallel"].get<bool>());  // the engine has none
+    EXPECT_FALSE(p["sequence_parallel"].get<bool>());  // no built-in mode turns it on
     EXPECT_EQ(p["grad_bits"].get<int>(), 32);
     EXPECT_EQ(p["order"].get<std::string>(), "tp,pp,dp");  // tp innermost, then pp, then dp
     EXPECT_EQ(p["dp"].get<int>() * p["tp"].get<int>() * p["pp"].get<int>(), row["workers"].get<int>());
@@ -226,6 +226,40 @@ TEST_F(PlanJobMapping, PrintedPlanCommandGivesTheSamePrediction) {
     double expected = rows[id]["predicted"]["step_s"].get<double>();
     EXPECT_NEAR(j["step"]["time_s"].get<double>(), expected, 1e-9 * expected) << command;
     EXPECT_NEAR(j["step"]["bubble_s"].get<double>(), rows[id]["predicted"]["bubble_s"].get<double>(), 1e-12);
+  }
+}
+
+// The mesh engine's newer modes map onto the plan's own: sequence
+// parallelism, the interleaved schedule (chunks as virtual stages) and the
+// overlapped dp all-reduce; the printed command reproduces each prediction.
+TEST_F(PlanJobMapping, SequenceParallelAndInterleavedMapOntoThePlan) {
+  std::ofstream(dir_ + "/modes.toml")
+      << "[mode.tp2-sp]\nworkers = [2]\nset = [\"parallel.tp=2\", \"parallel.sequence_parallel=true\"]\n"
+      << "[mode.pp2-il]\nworkers = [2]\nset = [\"parallel.pp=2\", \"parallel.schedule=interleaved\", "
+         "\"parallel.microbatches=4\"]\n";
+  // 4 layers: pp 2 x 2 chunks of one block each.
+  const std::string job4 = dir_ + "/job4.toml";
+  {
+    std::ifstream in(job_);
+    std::ofstream out(job4);
+    for (std::string line; std::getline(in, line);) out << (line == "layers = 2" ? "layers = 4" : line) << "\n";
+  }
+  auto r = run("bench plan --predict-only --json --job " + job4 + clusters_ + " --modes-file " + dir_ + "/modes.toml");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json all = json::parse(r.out);
+  std::map<std::string, json> rows;
+  for (const auto& row : all["rows"]) rows[row["mode"].get<std::string>()] = row;
+  ASSERT_TRUE(rows.count("tp2-sp") && rows.count("pp2-il")) << r.out;
+  EXPECT_TRUE(rows["tp2-sp"]["plan"]["sequence_parallel"].get<bool>());
+  EXPECT_EQ(rows["pp2-il"]["plan"]["schedule"], "interleaved");
+  EXPECT_NE(rows["pp2-il"]["plan_command"].get<std::string>().find("--virtual-stages 2"), std::string::npos);
+  for (const char* id : {"tp2-sp", "pp2-il"}) {
+    SCOPED_TRACE(id);
+    const std::string command = rows[id]["plan_command"].get<std::string>();
+    auto p = run(command.substr(std::string("braid ").size()) + " --json");
+    ASSERT_EQ(p.code, 0) << command << "\n" << p.err;
+    const double expected = rows[id]["predicted"]["step_s"].get<double>();
+    EXPECT_NEAR(json::parse(p.out)["step"]["time_s"].get<double>(), expected, 1e-9 * expected) << command;
   }
 }
 
