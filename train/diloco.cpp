@@ -190,22 +190,22 @@ void Diloco::sync_all() {
   const int64_t s = trainer_.step();
   for (int f = 0; f < fragments(); ++f)
     if (pending_[static_cast<size_t>(f)].active) apply(f);
-  std::vector<int> todo;
+  std::vector<int> unsynced;
   for (int f = 0; f < fragments(); ++f)
-    if (synced_at_[static_cast<size_t>(f)] != s) todo.push_back(f);
-  if (!todo.empty()) {
+    if (synced_at_[static_cast<size_t>(f)] != s) unsynced.push_back(f);
+  if (!unsynced.empty()) {
     // Every rank lays out the same fragments in the same order, so the fused
     // all-reduce (and the codec's chunks, and error feedback over them) is
     // the same on all of them.
     size_t total = 0;
-    for (int f : todo) {
+    for (int f : unsynced) {
       const auto [lo, hi] = own_slice(f);
       total += static_cast<size_t>(hi - lo);
     }
     fused_.resize(total);
     if (config_.error_feedback) fused_residual_.resize(total);
     size_t at = 0;
-    for (int f : todo) {
+    for (int f : unsynced) {
       compute_delta(f);
       const auto [lo, hi] = own_slice(f);
       const size_t n = static_cast<size_t>(hi - lo);
@@ -221,7 +221,7 @@ void Diloco::sync_all() {
     reduce_outer(fused_.data(), total).wait();
     stats_.outer_wait_s += wait_clock.seconds();
     at = 0;
-    for (int f : todo) {
+    for (int f : unsynced) {
       const auto [lo, hi] = own_slice(f);
       const size_t n = static_cast<size_t>(hi - lo);
       std::memcpy(delta_.data() + lo, fused_.data() + at, n * 4);

@@ -51,14 +51,10 @@ PipelineTrainer::PipelineTrainer(const TrainConfig& config, const TokenDataset& 
       microbatches_(pipeline_microbatches(config.train, config.parallel)),
       chunks_(static_cast<int>(pipeline_chunks(config.parallel))),
       model_(config.model, config.train.seed, placement_of(mesh, config.parallel), mesh.tp(), config.parallel.timeout_s),
-      shard_begin_(config.parallel.zero > 0 ? std::min(model_.params().numel(),
-                                                       mesh.dp_rank() * ceil_div(model_.params().numel(), mesh.dp_size()))
-                                            : 0),
-      shard_end_(config.parallel.zero > 0
-                     ? std::min(model_.params().numel(),
-                                (mesh.dp_rank() + 1) * ceil_div(model_.params().numel(), mesh.dp_size()))
-                     : model_.params().numel()),
       shard_block_(config.parallel.zero > 0 ? ceil_div(model_.params().numel(), mesh.dp_size()) : 0),
+      shard_begin_(shard_block_ > 0 ? std::min(model_.params().numel(), mesh.dp_rank() * shard_block_) : 0),
+      shard_end_(shard_block_ > 0 ? std::min(model_.params().numel(), shard_begin_ + shard_block_)
+                                  : model_.params().numel()),
       optimizer_(shard_end_ - shard_begin_,
                  {config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay}),
       sampler_(data.train().size(), config.model.context, config.train.batch_size, mesh.dp_rank(), mesh.dp_size(),

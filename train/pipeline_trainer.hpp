@@ -111,8 +111,8 @@ class PipelineTrainer {
   int64_t microbatches_;
   int chunks_;  // model chunks per stage (interleaved schedule), else 1
   TensorParallelGpt model_;
-  int64_t shard_begin_ = 0, shard_end_ = 0;  // optimizer_range()
   int64_t shard_block_ = 0;                  // ZeRO-1: ⌈n/dp⌉ (0 without)
+  int64_t shard_begin_ = 0, shard_end_ = 0;  // optimizer_range()
   FlatAdamW optimizer_;
   std::unique_ptr<DataParallel> dp_sync_;  // dp > 1 without ZeRO-1
   BatchSampler sampler_;

@@ -90,58 +90,31 @@ torch::Tensor reduce_scattered_sequence(const torch::Tensor& x, comm::Communicat
   return out;
 }
 
-torch::Tensor own_positions(const torch::Tensor& x, comm::Communicator* comm) {
+torch::Tensor own_positions(const torch::Tensor& x, comm::Communicator* comm, double /*timeout_s*/) {
   check_sequence_shape(x, comm->size(), "an activation");
   const int64_t t = x.size(1) / comm->size();
   return x.narrow(1, comm->rank() * t, t).contiguous();
 }
 
-class GatherSequence : public torch::autograd::Function<GatherSequence> {
- public:
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm, double timeout_s) {
-    save_comm(ctx, as_comm(comm), timeout_s);
-    return all_gathered_sequence(x, as_comm(comm), timeout_s);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {reduce_scattered_sequence(grads[0], comm_of(ctx), ctx->saved_data["timeout"].toDouble()), torch::Tensor(),
-            torch::Tensor()};
-  }
-};
+using SequenceFn = torch::Tensor (*)(const torch::Tensor&, comm::Communicator*, double);
 
-class ScatterSequence : public torch::autograd::Function<ScatterSequence> {
+// One autograd function per (forward, backward) pair of sequence operations.
+template <SequenceFn Forward, SequenceFn Backward>
+class SequenceOp : public torch::autograd::Function<SequenceOp<Forward, Backward>> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm, double timeout_s) {
     save_comm(ctx, as_comm(comm), timeout_s);
-    return reduce_scattered_sequence(x, as_comm(comm), timeout_s);
+    return Forward(x, as_comm(comm), timeout_s);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {all_gathered_sequence(grads[0], comm_of(ctx), ctx->saved_data["timeout"].toDouble()), torch::Tensor(),
-            torch::Tensor()};
+    auto dx = Backward(grads[0], comm_of(ctx), ctx->saved_data["timeout"].toDouble());
+    return {dx, torch::Tensor(), torch::Tensor()};  // no gradients for the communicator and the timeout
   }
 };
-
-class SplitSequence : public torch::autograd::Function<SplitSequence> {
- public:
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm, double timeout_s) {
-    save_comm(ctx, as_comm(comm), timeout_s);
-    return own_positions(x, as_comm(comm));
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {all_gathered_sequence(grads[0], comm_of(ctx), ctx->saved_data["timeout"].toDouble()), torch::Tensor(),
-            torch::Tensor()};
-  }
-};
-
-class UnsplitSequence : public torch::autograd::Function<UnsplitSequence> {
- public:
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t comm, double timeout_s) {
-    save_comm(ctx, as_comm(comm), timeout_s);
-    return all_gathered_sequence(x, as_comm(comm), timeout_s);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {own_positions(grads[0], comm_of(ctx)), torch::Tensor(), torch::Tensor()};
-  }
-};
+using GatherSequence = SequenceOp<all_gathered_sequence, reduce_scattered_sequence>;
+using ScatterSequence = SequenceOp<reduce_scattered_sequence, all_gathered_sequence>;
+using SplitSequence = SequenceOp<own_positions, all_gathered_sequence>;
+using UnsplitSequence = SequenceOp<all_gathered_sequence, own_positions>;
 
 }  // namespace
 

@@ -162,13 +162,17 @@ bool is_tp_split(const std::string& name) {
   return false;
 }
 
+// Elements of one block's weights that tp splits: qkv (3C·C + 3C), the
+// attention projection (C·C), fc (4C·C + 4C), the MLP projection (4C·C).
+int64_t tp_split_elements_per_layer(int64_t C) { return 3 * C * C + 3 * C + C * C + 4 * C * C + 4 * C + 4 * C * C; }
+
 // Elements of one rank of the mesh (stage `stage`), from the layout of
 // train/tensor_parallel_gpt.hpp: per block the split weights / tp plus the
 // replicated LayerNorms and row-parallel biases; wte + wpe on the first
 // stage, lnf (and with pp > 1 a copy of wte) on the last.
 int64_t mesh_rank_elements(const BenchMemoryArgs& a, const MeshMode& m, int stage) {
   const int64_t C = a.width, V = a.vocab, L = a.layers;
-  const int64_t split = 3 * C * C + 3 * C + C * C + 4 * C * C + 4 * C + 4 * C * C, replicated = 6 * C;
+  const int64_t split = tp_split_elements_per_layer(C), replicated = 6 * C;
   int64_t n = L / m.pp * (split / m.tp + replicated);
   if (stage == 0) n += V * C + a.context * C;
   if (stage == m.pp - 1) n += 2 * C + (m.pp > 1 ? V * C : 0);
@@ -371,11 +375,8 @@ int run_bench_memory(const BenchMemoryArgs& a) {
       r.note = fmt::format("measured {} MiB exceeds --mem-limit", mib(r.measured.total() + acts_here));
     mesh.push_back(r);
   }
-  const double dp_split_params = [&] {
-    // Bytes of the weights tp splits, whole (what one DP rank holds).
-    const double C = static_cast<double>(a.width);
-    return 4 * static_cast<double>(a.layers) * (3 * C * C + 3 * C + C * C + 4 * C * C + 4 * C + 4 * C * C);
-  }();
+  // Bytes of the weights tp splits, whole (what one DP rank holds).
+  const double dp_split_params = 4 * static_cast<double>(a.layers * tp_split_elements_per_layer(a.width));
 
   nlohmann::ordered_json j;
   j["model"] = {{"layers", a.layers}, {"width", a.width}, {"heads", a.heads}, {"vocab", a.vocab},

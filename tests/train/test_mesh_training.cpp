@@ -23,96 +23,67 @@ namespace {
 
 using namespace mesh_test;
 
+// One mesh shape with its memory modes; each trains like one process.
+struct MeshCase {
+  const char* name;
+  int dp = 1, tp = 1, pp = 1;
+  int microbatches = 0, grad_accum = 1;
+  const char* schedule = "1f1b";
+  bool sequence_parallel = false;
+  const char* recompute = "none";
+  int zero = 0;
+};
+void PrintTo(const MeshCase& c, std::ostream* os) { *os << c.name; }
+
+TrainConfig config_of(const MeshCase& c) {
+  auto cfg = tiny_config();
+  cfg.parallel.dp = c.dp;
+  cfg.parallel.tp = c.tp;
+  cfg.parallel.pp = c.pp;
+  cfg.parallel.microbatches = c.microbatches;
+  cfg.train.grad_accum = c.grad_accum;
+  cfg.parallel.schedule = c.schedule;
+  cfg.parallel.sequence_parallel = c.sequence_parallel;
+  cfg.parallel.recompute = c.recompute;
+  cfg.parallel.zero = c.zero;
+  return cfg;
+}
+
+class MeshEquivalence : public ::testing::TestWithParam<MeshCase> {
+ protected:
+  void SetUp() override { set_compute_threads(1); }
+};
+
+TEST_P(MeshEquivalence, EqualsOneProcess) { expect_mesh_equals_single(config_of(GetParam()), 3); }
+
+// The pairs of dimensions; sequence parallelism (the tp collectives cut on
+// the sequence, the pipeline's messages halved); recomputation (a block's
+// forward, tp collectives included, re-run inside backward in the same order
+// on every tp rank); ZeRO-1 on the mesh (moments sharded over dp:
+// reduce-scatter, own update, all-gather).
+INSTANTIATE_TEST_SUITE_P(
+    Modes, MeshEquivalence,
+    ::testing::Values(MeshCase{.name = "dp2tp2", .dp = 2, .tp = 2},
+                      MeshCase{.name = "dp2pp2", .dp = 2, .pp = 2, .microbatches = 2},
+                      MeshCase{.name = "tp2pp2_gpipe", .tp = 2, .pp = 2, .microbatches = 3, .schedule = "gpipe"},
+                      MeshCase{.name = "tp2_sp", .tp = 2, .grad_accum = 2, .sequence_parallel = true},
+                      MeshCase{.name = "tp2pp2_sp_full", .tp = 2, .pp = 2, .microbatches = 3,
+                               .sequence_parallel = true, .recompute = "full"},
+                      MeshCase{.name = "dp2tp2_selective", .dp = 2, .tp = 2, .recompute = "selective"},
+                      MeshCase{.name = "dp2pp2_full", .dp = 2, .pp = 2, .microbatches = 2, .recompute = "full"},
+                      MeshCase{.name = "dp2tp2_zero1", .dp = 2, .tp = 2, .grad_accum = 2, .zero = 1},
+                      MeshCase{.name = "dp2pp2_zero1", .dp = 2, .pp = 2, .microbatches = 3, .zero = 1}),
+    [](const auto& info) { return std::string(info.param.name); });
+
 class MeshTraining : public ::testing::Test {
  protected:
   void SetUp() override { set_compute_threads(1); }
 };
 
-TEST_F(MeshTraining, Dp2Tp2EqualsOneProcess) {
-  auto cfg = tiny_config();
-  cfg.parallel.dp = 2;
-  cfg.parallel.tp = 2;
-  expect_mesh_equals_single(cfg, 3);
-}
-
-TEST_F(MeshTraining, Dp2Pp2EqualsOneProcess) {
-  auto cfg = tiny_config();
-  cfg.parallel.dp = 2;
-  cfg.parallel.pp = 2;
-  cfg.parallel.microbatches = 2;
-  expect_mesh_equals_single(cfg, 3);
-}
-
-TEST_F(MeshTraining, Tp2Pp2EqualsOneProcess) {
-  auto cfg = tiny_config();
-  cfg.parallel.tp = 2;
-  cfg.parallel.pp = 2;
-  cfg.parallel.microbatches = 3;
-  cfg.parallel.schedule = "gpipe";
-  expect_mesh_equals_single(cfg, 3);
-}
-
-// Sequence parallelism changes where the tp collectives cut (all-gather /
-// reduce-scatter on the sequence instead of all-reduces) and halves the
-// pipeline's messages; the math stays that of one process.
-TEST_F(MeshTraining, Tp2SequenceParallelEqualsOneProcess) {
-  auto cfg = tiny_config();
-  cfg.parallel.tp = 2;
-  cfg.parallel.sequence_parallel = true;
-  cfg.train.grad_accum = 2;
-  expect_mesh_equals_single(cfg, 3);
-}
-
-TEST_F(MeshTraining, Tp2Pp2SequenceParallelWithFullRecomputeEqualsOneProcess) {
-  auto cfg = tiny_config();
-  cfg.parallel.tp = 2;
-  cfg.parallel.pp = 2;
-  cfg.parallel.microbatches = 3;
-  cfg.parallel.sequence_parallel = true;
-  cfg.parallel.recompute = "full";
-  expect_mesh_equals_single(cfg, 3);
-}
-
-// Recomputation re-runs a block's forward, tp collectives included, inside
-// backward; every tp rank does so in the same order.
-TEST_F(MeshTraining, Dp2Tp2SelectiveRecomputeEqualsOneProcess) {
-  auto cfg = tiny_config();
-  cfg.parallel.dp = 2;
-  cfg.parallel.tp = 2;
-  cfg.parallel.recompute = "selective";
-  expect_mesh_equals_single(cfg, 3);
-}
-
-TEST_F(MeshTraining, Dp2Pp2FullRecomputeEqualsOneProcess) {
-  auto cfg = tiny_config();
-  cfg.parallel.dp = 2;
-  cfg.parallel.pp = 2;
-  cfg.parallel.microbatches = 2;
-  cfg.parallel.recompute = "full";
-  expect_mesh_equals_single(cfg, 3);
-}
-
-// ZeRO-1 on the mesh: the moments are sharded over dp (reduce-scatter, own
-// update, all-gather) and the run is still one process's math.
-TEST_F(MeshTraining, Dp2Tp2Zero1EqualsOneProcessWithHalfTheMoments) {
-  auto cfg = tiny_config();
-  cfg.parallel.dp = 2;
-  cfg.parallel.tp = 2;
-  cfg.parallel.zero = 1;
-  cfg.train.grad_accum = 2;
-  expect_mesh_equals_single(cfg, 3);
-  for (const auto& r : run_mesh(cfg, 1))
+TEST_F(MeshTraining, Zero1HoldsHalfTheMomentsOnEachDpRank) {
+  for (const auto& r : run_mesh(config_of(MeshCase{.name = "dp2tp2_zero1", .dp = 2, .tp = 2, .zero = 1}), 1))
     EXPECT_EQ(r.optimizer_numel, r.coords.dp == 0 ? (r.local_numel + 1) / 2 : r.local_numel / 2)
         << "dp rank " << r.coords.dp << " of a stage with " << r.local_numel << " elements";
-}
-
-TEST_F(MeshTraining, Dp2Pp2Zero1EqualsOneProcess) {
-  auto cfg = tiny_config();
-  cfg.parallel.dp = 2;
-  cfg.parallel.pp = 2;
-  cfg.parallel.microbatches = 3;
-  cfg.parallel.zero = 1;
-  expect_mesh_equals_single(cfg, 3);
 }
 
 // The dp all-reduce of a pipeline stage's gradients runs in buckets launched
