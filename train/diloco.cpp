@@ -72,10 +72,47 @@ Diloco::Diloco(const DilocoConfig& config, Trainer& trainer, DilocoGroups& group
   momentum_.assign(static_cast<size_t>(n), 0.0f);
   delta_.assign(static_cast<size_t>(n), 0.0f);
   if (config_.error_feedback) residual_.assign(static_cast<size_t>(n), 0.0f);
-  const auto& t = trainer_.config();
-  trainer_.sampler() = BatchSampler(train_tokens, t.model.context, t.train.batch_size, groups_.global_rank,
-                                    groups_.global_world, t.train.seed);
+  outer_ = groups_.outer.get();
+  train_tokens_ = train_tokens;
+  set_data_share(groups_.global_rank, groups_.global_world);
   trainer_.add_observer(this);
+}
+
+void Diloco::set_data_share(int replica, int replicas) {
+  const auto& t = trainer_.config();
+  const SamplerPosition position = trainer_.sampler().position();
+  trainer_.sampler() = BatchSampler(train_tokens_, t.model.context, t.train.batch_size, replica, replicas, position.seed);
+  trainer_.sampler().restore(position);
+}
+
+void Diloco::drive_externally() {
+  // TrainConfig refuses [fault] with a delay or several workers per replica.
+  if (config_.delay != 0 || groups_.workers_per_replica != 1)
+    throw Error("outer rounds driven from outside need diloco.delay = 0 and one worker per replica",
+                "this is a bug in braid's configuration checks; please report it");
+  external_ = true;
+}
+
+std::vector<int> Diloco::fragments_due(int64_t s) const {
+  std::vector<int> out;
+  if (s <= 0) return out;
+  const bool last = s >= trainer_.config().train.steps;
+  for (int f = 0; f < fragments(); ++f)
+    if (last || due(f, s)) out.push_back(f);
+  return out;
+}
+
+void Diloco::bind_outer(comm::Communicator* outer) {
+  if (outer_ && outer_ != outer) bytes_of_unbound_ += outer_->stats().bytes_sent;
+  outer_ = outer;
+  count_bytes();
+}
+
+void Diloco::count_bytes() { stats_.bytes_wan = bytes_of_unbound_ + (outer_ ? outer_->stats().bytes_sent : 0); }
+
+void Diloco::add_outer_state(TrainState& state) {
+  state.add_buffer("diloco_sync", sync_.data(), static_cast<int64_t>(sync_.size()));
+  state.add_buffer("diloco_momentum", momentum_.data(), static_cast<int64_t>(momentum_.size()));
 }
 
 Diloco::~Diloco() {
@@ -108,12 +145,12 @@ void Diloco::compute_delta(int f) {
   for (int64_t i = lo; i < hi; ++i) delta_[static_cast<size_t>(i)] = sync_[static_cast<size_t>(i)] - theta[i];
 }
 
-comm::Work Diloco::reduce_outer(float* d, size_t n) {
-  if (groups_.outer) {
+comm::Work Diloco::reduce_outer(float* d, size_t n, comm::ReduceOp op) {
+  if (outer_) {
     comm::CollectiveOptions o;
     o.codec = &codec_;
     o.timeout_s = trainer_.config().parallel.timeout_s;
-    return groups_.outer->all_reduce(d, d, n, DType::F32, comm::ReduceOp::Avg, o);
+    return outer_->all_reduce(d, d, n, DType::F32, op, o);
   }
   // One process: what the codec carries, as a one-rank all-reduce would give.
   encode_scratch_.resize(codec_.encoded_bytes(n) + 64);
@@ -143,6 +180,10 @@ void Diloco::apply(int f) {
   p.active = false;
   p.work.wait();  // rethrows PeerLost, Timeout, ... of the slow link
   stats_.outer_wait_s += wait_clock.seconds();
+  update(f);
+}
+
+void Diloco::update(int f) {
   Stopwatch apply_clock;
   const auto [lo, hi] = own_slice(f);
   const float mu = static_cast<float>(config_.outer_momentum), lr = static_cast<float>(config_.outer_lr);
@@ -174,16 +215,16 @@ void Diloco::after_step(Trainer& t, const StepMetrics&) {
   const int64_t s = t.step();
   for (int f = 0; f < fragments(); ++f)
     if (pending_[static_cast<size_t>(f)].active && pending_[static_cast<size_t>(f)].apply_at <= s) apply(f);
+  if (external_) return;  // the caller runs the rounds (fault tolerance)
   if (s >= t.config().train.steps) {
     sync_all();
+  } else if (config_.delay == 0) {
+    if (auto due_now = fragments_due(s); !due_now.empty()) sync_now(due_now);
   } else {
-    for (int f = 0; f < fragments(); ++f) {
-      if (!due(f, s)) continue;
-      launch(f, s);
-      if (config_.delay == 0) apply(f);
-    }
+    for (int f = 0; f < fragments(); ++f)
+      if (due(f, s)) launch(f, s);
   }
-  if (groups_.outer) stats_.bytes_wan = groups_.outer->stats().bytes_sent;
+  count_bytes();
 }
 
 void Diloco::sync_all() {
@@ -193,19 +234,33 @@ void Diloco::sync_all() {
   std::vector<int> unsynced;
   for (int f = 0; f < fragments(); ++f)
     if (synced_at_[static_cast<size_t>(f)] != s) unsynced.push_back(f);
-  if (!unsynced.empty()) {
-    // Every rank lays out the same fragments in the same order, so the fused
-    // all-reduce (and the codec's chunks, and error feedback over them) is
-    // the same on all of them.
-    size_t total = 0;
-    for (int f : unsynced) {
-      const auto [lo, hi] = own_slice(f);
-      total += static_cast<size_t>(hi - lo);
-    }
-    fused_.resize(total);
-    if (config_.error_feedback) fused_residual_.resize(total);
+  if (!unsynced.empty()) sync_now(unsynced);
+  count_bytes();
+}
+
+void Diloco::sync_now(const std::vector<int>& fragments) {
+  reduce_round(fragments, true, outer_ ? outer_->size() : 1);
+  apply_round(true);
+}
+
+void Diloco::reduce_round(const std::vector<int>& fragments, bool contribute, int contributors) {
+  const int replicas = outer_ ? outer_->size() : 1;
+  if (contributors < 1 || contributors > replicas)
+    throw Error(fmt::format("an outer round with {} contributing replica(s) out of {}", contributors, replicas),
+                "this is a bug in braid's DiLoCo; please report it");
+  // Every rank lays out the same fragments in the same order, so the fused
+  // all-reduce (and the codec's chunks, and error feedback over them) is the
+  // same on all of them.
+  size_t total = 0;
+  for (int f : fragments) {
+    const auto [lo, hi] = own_slice(f);
+    total += static_cast<size_t>(hi - lo);
+  }
+  fused_.assign(total, 0.0f);
+  if (config_.error_feedback) fused_residual_.resize(total);
+  if (contribute) {
     size_t at = 0;
-    for (int f : unsynced) {
+    for (int f : fragments) {
       compute_delta(f);
       const auto [lo, hi] = own_slice(f);
       const size_t n = static_cast<size_t>(hi - lo);
@@ -217,23 +272,33 @@ void Diloco::sync_all() {
       encode_scratch_.resize(codec_.encoded_bytes(total) + 64);
       comm::add_error_feedback(codec_, fused_.data(), fused_residual_.data(), total, encode_scratch_.data());
     }
-    Stopwatch wait_clock;
-    reduce_outer(fused_.data(), total).wait();
-    stats_.outer_wait_s += wait_clock.seconds();
-    at = 0;
-    for (int f : unsynced) {
-      const auto [lo, hi] = own_slice(f);
-      const size_t n = static_cast<size_t>(hi - lo);
-      std::memcpy(delta_.data() + lo, fused_.data() + at, n * 4);
-      if (config_.error_feedback) std::memcpy(residual_.data() + lo, fused_residual_.data() + at, n * 4);
-      at += n;
-      Pending& p = pending_[static_cast<size_t>(f)];
-      p.work = comm::Work();  // done: apply() finds nothing to wait for
-      p.active = true;
-      apply(f);
-    }
   }
-  if (groups_.outer) stats_.bytes_wan = groups_.outer->stats().bytes_sent;
+  // Everyone contributed: the codec ring's average. A joiner contributed
+  // zeros: the sum over the ring, divided by the replicas that trained (every
+  // rank decodes the same bytes and divides them alike, so all stay identical).
+  const bool everyone = contributors == replicas;
+  Stopwatch wait_clock;
+  reduce_outer(fused_.data(), total, everyone ? comm::ReduceOp::Avg : comm::ReduceOp::Sum).wait();
+  stats_.outer_wait_s += wait_clock.seconds();
+  if (!everyone)
+    for (float& x : fused_) x /= static_cast<float>(contributors);
+  round_ = fragments;
+  count_bytes();
+}
+
+void Diloco::apply_round(bool contributed) {
+  size_t at = 0;
+  for (int f : round_) {
+    const auto [lo, hi] = own_slice(f);
+    const size_t n = static_cast<size_t>(hi - lo);
+    std::memcpy(delta_.data() + lo, fused_.data() + at, n * 4);
+    if (contributed && config_.error_feedback) std::memcpy(residual_.data() + lo, fused_residual_.data() + at, n * 4);
+    at += n;
+    update(f);
+  }
+  if (!contributed)
+    std::memcpy(trainer_.model().params().param_data(), sync_.data(), sync_.size() * 4);
+  round_.clear();
 }
 
 void Diloco::annotate(StepMetrics& m) const {

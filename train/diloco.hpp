@@ -28,6 +28,16 @@
 // each worker sends 2 (R−1)/R · k · 4 P / W bytes on the slow link (ring), in
 // 2 (R−1) messages; data parallelism sends the same amount every step with
 // k = 1, so DiLoCo divides slow-link bytes by H / k.
+//
+// Under fault tolerance (FaultTolerance, docs/diloco.md) every worker is one
+// replica and the outer rounds are driven from outside: the coordinator's
+// quorum is taken only at the steps where a fragment is due, the quorum's
+// communicator becomes the outer one (bind_outer), and a round is reduced,
+// voted on, and only then applied (reduce_round / apply_round). A replica
+// that joins at a round heals from a peer (add_outer_state: θ_sync and the
+// momentum travel with the training state), contributes nothing to that
+// round (the average is over the replicas that trained it) and starts the
+// next round from θ_sync.
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -36,6 +46,7 @@
 #include "comm/codec.hpp"
 #include "comm/communicator.hpp"
 #include "train/diloco_config.hpp"
+#include "train/train_state.hpp"
 #include "train/trainer.hpp"
 
 namespace braid::train {
@@ -57,7 +68,7 @@ struct DilocoGroups {
 
 struct DilocoStats {
   int64_t outer_rounds = 0;        // fragment syncs applied
-  uint64_t bytes_wan = 0;          // sent by this rank on the outer communicator
+  uint64_t bytes_wan = 0;          // sent by this rank on the outer communicator(s)
   double outer_wait_s = 0;         // compute waited for outer all-reduces
   double outer_apply_s = 0;        // outer optimizer and inner all-gather
 };
@@ -88,6 +99,32 @@ class Diloco : public StepObserver {
   // True when fragment f is due for a sync after step `step`.
   bool due(int f, int64_t step) const;
 
+  // --- outer rounds driven from outside (fault tolerance) ---
+  // after_step() then leaves every sync to the caller. Needs delay 0 and
+  // one worker per replica (TrainConfig checks it for [diloco] + [fault]).
+  void drive_externally();
+  // The fragments to sync after step s: those due at s, and every fragment
+  // at the run's last step; empty at step 0.
+  std::vector<int> fragments_due(int64_t s) const;
+  // The outer communicator of the next rounds (null: none). The previous one
+  // must still be alive (its bytes are added to bytes_wan).
+  void bind_outer(comm::Communicator* outer);
+  // Reads the samples of data-parallel rank `replica` of `replicas`, from
+  // the sampler's current position.
+  void set_data_share(int replica, int replicas);
+  // The first half of a round over `fragments`: this replica's
+  // pseudo-gradients (zeros when `contribute` is false) summed over the
+  // outer communicator through the codec and divided by `contributors`.
+  // Throws the comm layer's errors; changes nothing but scratch memory, so
+  // a failed round can be reduced again (with another communicator).
+  void reduce_round(const std::vector<int>& fragments, bool contribute, int contributors);
+  // The second half: the outer step on the fragments of the last
+  // reduce_round. A replica that did not contribute then takes θ_sync for
+  // the whole model (it starts the next round from the synced parameters).
+  void apply_round(bool contributed);
+  // Adds θ_sync and the outer momentum to the state a healing peer sends.
+  void add_outer_state(TrainState& state);
+
  private:
   struct Pending {
     bool active = false;
@@ -99,14 +136,24 @@ class Diloco : public StepObserver {
   void compute_delta(int f);
   // Averages n pseudo-gradient values across replicas in place (through the
   // codec; with one replica, what the codec would carry).
-  comm::Work reduce_outer(float* d, size_t n);
+  comm::Work reduce_outer(float* d, size_t n, comm::ReduceOp op = comm::ReduceOp::Avg);
   void launch(int f, int64_t step);
+  // Waits for fragment f's all-reduce in flight, then update(f).
   void apply(int f);
+  // The outer step on fragment f with the averaged pseudo-gradient in delta_.
+  void update(int f);
+  // reduce_round + apply_round with every replica contributing.
+  void sync_now(const std::vector<int>& fragments);
+  void count_bytes();
 
   DilocoConfig config_;
   Trainer& trainer_;
   DilocoGroups& groups_;
   const comm::Codec& codec_;
+  comm::Communicator* outer_ = nullptr;  // groups_.outer, or the one bound from outside
+  uint64_t bytes_of_unbound_ = 0;        // bytes_wan of outer communicators bound before
+  bool external_ = false;
+  size_t train_tokens_ = 0;
   std::vector<std::pair<int64_t, int64_t>> fragments_;
   std::vector<Pending> pending_;
   std::vector<int64_t> synced_at_;  // step of each fragment's last apply
@@ -116,7 +163,8 @@ class Diloco : public StepObserver {
   std::vector<float> residual_;     // error feedback (own slices)
   std::vector<unsigned char> encode_scratch_;
   std::vector<float> gather_;
-  std::vector<float> fused_, fused_residual_;  // sync_all: the fragments' slices, end to end
+  std::vector<float> fused_, fused_residual_;  // a round: the fragments' slices, end to end
+  std::vector<int> round_;                     // fragments of the last reduce_round
   DilocoStats stats_;
 };
 

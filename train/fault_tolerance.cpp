@@ -21,6 +21,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "net/tcp_store.hpp"
+#include "train/diloco.hpp"
 
 namespace braid::train {
 namespace {
@@ -133,8 +134,8 @@ bool FaultTolerance::is_lead_replica() {
   return !r || r->empty() || *r == "0";
 }
 
-FaultTolerance::FaultTolerance(const TrainConfig& config, Trainer& trainer, double local_peak_flops)
-    : config_(config), trainer_(trainer), state_(trainer), local_peak_flops_(local_peak_flops) {
+FaultTolerance::FaultTolerance(const TrainConfig& config, Trainer& trainer, double local_peak_flops, Diloco* diloco)
+    : config_(config), trainer_(trainer), state_(trainer), local_peak_flops_(local_peak_flops), diloco_(diloco) {
   if (trainer.communicator() != nullptr)
     throw Error("fault tolerance builds its own communicators; construct the trainer without one");
   timeouts_ = timeouts_for(config.fault);
@@ -172,10 +173,16 @@ FaultTolerance::FaultTolerance(const TrainConfig& config, Trainer& trainer, doub
     if (comm_) comm_->abort(why);
   });
   trainer_.add_observer(this);
+  if (diloco_) {
+    diloco_->drive_externally();
+    diloco_->add_outer_state(state_);  // a joiner gets θ_sync and the outer momentum with the rest
+  }
   event("start", fmt::format("{{\"restart\":{},\"reference_replicas\":{}}}", restart_count_, reference_replicas_));
   log::info("fault tolerance: replica {} (restart {}), coordinator {}; {}; global batch {}", replica_,
             restart_count_, co.coordinator, timeouts_.describe(),
-            config.fault.global_batch == "fixed"
+            diloco_ ? fmt::format("{} x {} accumulation per DiLoCo replica (fault.global_batch does not apply)",
+                                  config.train.batch_size, config.train.grad_accum)
+            : config.fault.global_batch == "fixed"
                 ? fmt::format("fixed at {} sequences ({} replicas x {} x {} accumulation)",
                               reference_replicas_ * config.train.batch_size * config.train.grad_accum,
                               reference_replicas_, config.train.batch_size, config.train.grad_accum)
@@ -257,8 +264,12 @@ void FaultTolerance::drop_communicator(const std::string& why) {
   // Wakes anything still waiting on it (a bucket all-reduce left in flight by
   // a failed step writes into the gradient buffer until then).
   if (!why.empty()) old->abort(why);
-  const BatchShape shape = batch_shape_for(config_, 1, reference_replicas_);
-  trainer_.rebind(nullptr, shape.batch_size, shape.grad_accum, timeouts_.collective_s);
+  if (diloco_) {
+    diloco_->bind_outer(nullptr);  // counts the old communicator's bytes first
+  } else {
+    const BatchShape shape = batch_shape_for(config_, 1, reference_replicas_);
+    trainer_.rebind(nullptr, shape.batch_size, shape.grad_accum, timeouts_.collective_s);
+  }
   old.reset();
 }
 
@@ -290,15 +301,23 @@ void FaultTolerance::rebuild(const coord::Quorum& q) {
     comm_broken_ = false;
   }
   const int n = q.world_size();
-  const BatchShape shape = batch_shape_for(config_, n, reference_replicas_);
-  trainer_.rebind(comm_.get(), shape.batch_size, shape.grad_accum, timeouts_.collective_s);
   trainer_.set_job_peak_flops(local_peak_flops_ * n);
   ++stats_.epochs;
+  std::string names;
+  for (const auto& m : q.info.members) names += (names.empty() ? "" : ", ") + m.replica_id;
+  if (diloco_) {
+    // The members are the replicas; the trainer stays alone (no inner communicator).
+    diloco_->bind_outer(comm_.get());
+    diloco_->set_data_share(q.rank(), n);
+    log::info("epoch {}: replica {} of {} ({}), outer communicator ready in {:.2f} s", q.epoch(), q.rank(), n, names,
+              clock.seconds());
+    return;
+  }
+  const BatchShape shape = batch_shape_for(config_, n, reference_replicas_);
+  trainer_.rebind(comm_.get(), shape.batch_size, shape.grad_accum, timeouts_.collective_s);
   const int64_t configured = config_.fault.global_batch == "fixed"
                                  ? config_.train.batch_size * config_.train.grad_accum * reference_replicas_
                                  : shape.global_sequences(n);
-  std::string names;
-  for (const auto& m : q.info.members) names += (names.empty() ? "" : ", ") + m.replica_id;
   log::info("epoch {}: rank {} of {} ({}), communicator ready in {:.2f} s; {} sequences per step ({} x {} "
             "accumulation x {} replicas){}",
             q.epoch(), q.rank(), n, names, clock.seconds(), shape.global_sequences(n), shape.batch_size,
@@ -359,72 +378,95 @@ void FaultTolerance::heal(const coord::Quorum& q) {
   comm_->barrier(o).wait();
 }
 
+FaultTolerance::Entry FaultTolerance::enter(coord::Quorum& q, bool& first) {
+  q = client_->quorum(trainer_.step());
+  failure_noted_ = false;
+  world_ = q.world_size();
+  keeps_records_ = lowest_replica(q.info.members) == replica_;
+  stats_.replicas = world_;
+  {
+    nlohmann::json j;
+    j["epoch"] = q.epoch();
+    j["world"] = world_;
+    j["rank"] = q.rank();
+    j["step"] = q.step();
+    j["changed"] = q.changed;
+    j["rejoined"] = q.rejoined;
+    j["heal_from"] = q.info.heal_from;
+    event("quorum", j.dump());
+  }
+  if (!q.heal && (first || q.rejoined)) {
+    // Latecomers alone (everyone else finished and left) form a quorum with
+    // nobody to heal from: they must not start the run again.
+    if (auto done = finished_step_in_store()) {
+      log::warn("the job already finished (step {}) without this worker; nothing left to do", *done);
+      event("late", fmt::format("{{\"finished_step\":{}}}", *done));
+      finished_ = true;
+      client_->leave("the job had already finished");
+      return Entry::kLate;
+    }
+  }
+  first = false;
+  if (state_partial_ && !q.heal)
+    throw Error("a heal into this worker failed half-way and no healthy peer is left to heal it again",
+                "restart the job from a checkpoint (checkpoint.dir, braid train --resume)");
+
+  if (!q.changed && comm_broken_) {
+    // Our communicator failed outside a step (validation) without the
+    // coordinator noticing; a not-ok vote fails the epoch, so the next
+    // quorum builds a new one.
+    client_->commit(q.step(), q.epoch(), false);
+    return Entry::kRetry;
+  }
+  try {
+    if (q.changed || !comm_) rebuild(q);
+    heal(q);
+  } catch (const std::exception& e) {
+    if (!is_comm_failure(e)) throw;
+    log::warn("epoch {} could not start: {}; trying again with the next quorum", q.epoch(), e.what());
+    discard(q, e.what(), false, "setup");
+    return Entry::kRetry;
+  }
+  if (trainer_.step() != q.step())
+    throw Error(fmt::format("after the quorum this worker is at step {} but the members do step {}",
+                            trainer_.step(), q.step()),
+                "this is a bug in braid's fault tolerance; please report it with the logs");
+  return Entry::kReady;
+}
+
+void FaultTolerance::discard(const coord::Quorum& q, const std::string& why, bool voted, const char* phase) {
+  if (!why.empty()) {
+    note_failure(why);
+    drop_communicator(why);
+  }
+  if (!voted) client_->commit(q.step(), q.epoch(), false);
+  nlohmann::json j;
+  j["step"] = q.step();
+  j["epoch"] = q.epoch();
+  j["world"] = world_;
+  j["why"] = why.empty() ? "the vote failed" : why;
+  j["phase"] = phase;
+  event("discard", j.dump());
+}
+
+void FaultTolerance::event_commit(int64_t step, uint32_t epoch, double loss) {
+  nlohmann::json j;
+  j["step"] = step;
+  j["epoch"] = epoch;
+  j["world"] = world_;
+  j["loss"] = loss;
+  event("commit", j.dump());
+}
+
 std::optional<StepMetrics> FaultTolerance::train_step() {
+  if (diloco_) return diloco_step();
   bool first = stats_.epochs == 0;
   while (true) {
-    const int64_t step = trainer_.step();
     if (step_delay_s_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(step_delay_s_));
-    coord::Quorum q = client_->quorum(step);
-    failure_noted_ = false;
-    world_ = q.world_size();
-    keeps_records_ = lowest_replica(q.info.members) == replica_;
-    stats_.replicas = world_;
-    {
-      nlohmann::json j;
-      j["epoch"] = q.epoch();
-      j["world"] = world_;
-      j["rank"] = q.rank();
-      j["step"] = q.step();
-      j["changed"] = q.changed;
-      j["rejoined"] = q.rejoined;
-      j["heal_from"] = q.info.heal_from;
-      event("quorum", j.dump());
-    }
-    if (!q.heal && (first || q.rejoined)) {
-      // Latecomers alone (everyone else finished and left) form a quorum with
-      // nobody to heal from: they must not start the run again.
-      if (auto done = finished_step_in_store()) {
-        log::warn("the job already finished (step {}) without this worker; nothing left to do", *done);
-        event("late", fmt::format("{{\"finished_step\":{}}}", *done));
-        finished_ = true;
-        client_->leave("the job had already finished");
-        return std::nullopt;
-      }
-    }
-    first = false;
-    if (state_partial_ && !q.heal)
-      throw Error("a heal into this worker failed half-way and no healthy peer is left to heal it again",
-                  "restart the job from a checkpoint (checkpoint.dir, braid train --resume)");
-
-    if (!q.changed && comm_broken_) {
-      // Our communicator failed outside a step (validation) without the
-      // coordinator noticing; a not-ok vote fails the epoch, so the next
-      // quorum builds a new one.
-      client_->commit(q.step(), q.epoch(), false);
-      continue;
-    }
-    try {
-      if (q.changed || !comm_) rebuild(q);
-      heal(q);
-    } catch (const std::exception& e) {
-      if (!is_comm_failure(e)) throw;
-      log::warn("epoch {} could not start: {}; trying again with the next quorum", q.epoch(), e.what());
-      note_failure(e.what());
-      drop_communicator(e.what());
-      client_->commit(q.step(), q.epoch(), false);
-      nlohmann::json j;
-      j["step"] = q.step();
-      j["epoch"] = q.epoch();
-      j["world"] = world_;
-      j["why"] = e.what();
-      j["phase"] = "setup";
-      event("discard", j.dump());
-      continue;
-    }
-    if (trainer_.step() != q.step())
-      throw Error(fmt::format("after the quorum this worker is at step {} but the members do step {}",
-                              trainer_.step(), q.step()),
-                  "this is a bug in braid's fault tolerance; please report it with the logs");
+    coord::Quorum q;
+    const Entry entry = enter(q, first);
+    if (entry == Entry::kLate) return std::nullopt;
+    if (entry == Entry::kRetry) continue;
 
     maybe_drill("step", q.step());
     const SamplerPosition position = trainer_.sampler().position();
@@ -446,31 +488,76 @@ std::optional<StepMetrics> FaultTolerance::train_step() {
     if (after_commit) std::rethrow_exception(after_commit);
     if (m && vote_.cast && vote_.committed) {
       ++stats_.committed;
+      event_commit(q.step(), q.epoch(), m->loss);
+      return m;
+    }
+    // Discarded: nothing was applied; go back to the step's start.
+    if (!why.empty()) log::warn("step {} failed in epoch {}: {}; discarding it", q.step() + 1, q.epoch(), why);
+    trainer_.set_step(q.step());
+    trainer_.sampler().restore(position);
+    ++stats_.discarded;
+    discard(q, why, vote_.cast, "step");
+  }
+}
+
+std::optional<StepMetrics> FaultTolerance::diloco_step() {
+  // A worker takes part in rounds only: at its start, at every step where a
+  // fragment is due, and as soon as it learns it was evicted (it then joins
+  // the members' next round as a new replica instead of training on alone).
+  if (stats_.epochs == 0 || client_->evicted())
+    if (!outer_round()) return std::nullopt;
+  if (step_delay_s_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(step_delay_s_));
+  const int64_t step = trainer_.step();
+  maybe_drill("step", step);
+  StepMetrics m = trainer_.train_step();  // this replica alone: nothing to vote on
+  ++stats_.committed;
+  event_commit(step, epoch_, m.loss);
+  if (!diloco_->fragments_due(trainer_.step()).empty() || client_->evicted())
+    if (!outer_round()) return std::nullopt;
+  return m;
+}
+
+bool FaultTolerance::outer_round() {
+  bool first = stats_.epochs == 0;
+  while (true) {
+    coord::Quorum q;
+    const Entry entry = enter(q, first);
+    if (entry == Entry::kLate) return false;
+    if (entry == Entry::kRetry) continue;
+    epoch_ = q.epoch();
+    // The members' step decides the round: at a step where fragments are due
+    // they are averaged; at the start (step 0) the quorum only forms the epoch.
+    const std::vector<int> due = diloco_->fragments_due(q.step());
+    const auto& from = q.info.heal_from;
+    const int contributors = static_cast<int>(std::count(from.begin(), from.end(), -1));
+    const bool contribute = !q.heal;  // a joiner did not train this round
+    std::string why;
+    bool voted = false, committed = false;
+    try {
+      if (!due.empty()) diloco_->reduce_round(due, contribute, contributors);
+      maybe_drill("vote", q.step());
+      committed = client_->commit(q.step(), q.epoch(), true);
+      voted = true;
+    } catch (const std::exception& e) {
+      if (!is_comm_failure(e)) throw;
+      why = e.what();
+    }
+    if (committed) {
+      if (!due.empty()) diloco_->apply_round(contribute);
       nlohmann::json j;
       j["step"] = q.step();
       j["epoch"] = q.epoch();
       j["world"] = world_;
-      j["loss"] = m->loss;
-      event("commit", j.dump());
-      return m;
+      j["fragments"] = due.size();
+      j["contributors"] = contributors;
+      event("outer", j.dump());
+      return true;
     }
-    // Discarded: nothing was applied; go back to the step's start.
-    if (!why.empty()) {
-      log::warn("step {} failed in epoch {}: {}; discarding it", q.step() + 1, q.epoch(), why);
-      note_failure(why);
-      drop_communicator(why);
-    }
-    if (!vote_.cast) client_->commit(q.step(), q.epoch(), false);
-    trainer_.set_step(q.step());
-    trainer_.sampler().restore(position);
+    // Nothing was applied: the local steps of the round are kept, and the
+    // round is reduced again with the next quorum's members.
+    if (!why.empty()) log::warn("the outer round at step {} failed in epoch {}: {}; redoing it", q.step(), q.epoch(), why);
     ++stats_.discarded;
-    nlohmann::json j;
-    j["step"] = q.step();
-    j["epoch"] = q.epoch();
-    j["world"] = world_;
-    j["why"] = why.empty() ? "the vote failed" : why;
-    j["phase"] = "step";
-    event("discard", j.dump());
+    discard(q, why, voted, "outer");
   }
 }
 

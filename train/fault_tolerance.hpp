@@ -69,6 +69,8 @@ class Store;
 
 namespace braid::train {
 
+class Diloco;
+
 // The replica id that sorts first (numerically for numbers, else as text).
 std::string lowest_replica(const std::vector<coord::QuorumMember>& members);
 
@@ -115,7 +117,17 @@ class FaultTolerance : private StepObserver {
   // vote into `trainer`. The trainer must have been built without a
   // communicator; the first quorum gives it one. `local_peak_flops` is this
   // worker's matmul peak (the job's peak for MFU is that times the replicas).
-  FaultTolerance(const TrainConfig& config, Trainer& trainer, double local_peak_flops);
+  //
+  // With `diloco` (DiLoCo under fault tolerance, docs/diloco.md) every
+  // worker is one replica that trains alone; the quorum is taken only at the
+  // start, at the steps where Diloco has fragments due (the outer rounds)
+  // and after an eviction. A round is: quorum, new communicator and heals as
+  // above (the joiner also gets θ_sync and the outer momentum), the
+  // pseudo-gradients averaged over the members that trained the round (a
+  // joiner adds zeros), the vote, and only if it commits the outer step. A
+  // failed round is reduced again with the next quorum; the survivors' local
+  // steps of the round are never lost.
+  FaultTolerance(const TrainConfig& config, Trainer& trainer, double local_peak_flops, Diloco* diloco = nullptr);
   // Leaves the coordinator (if finish() did not) and closes the communicator.
   ~FaultTolerance() override;
   FaultTolerance(const FaultTolerance&) = delete;
@@ -149,6 +161,18 @@ class FaultTolerance : private StepObserver {
  private:
   bool before_optimizer_apply(Trainer&, const StepMetrics&) override;
 
+  enum class Entry { kReady, kRetry, kLate };
+  // Asks for the quorum of the current step and sets it up (communicator,
+  // heals). kRetry: the epoch could not start (a discard was recorded); ask
+  // again. kLate: the job finished without this worker.
+  Entry enter(coord::Quorum& q, bool& first);
+  // Records a discarded step or round: drops the communicator after a
+  // failure (`why` not empty), votes "not ok" unless `voted`.
+  void discard(const coord::Quorum& q, const std::string& why, bool voted, const char* phase);
+  void event_commit(int64_t step, uint32_t epoch, double loss);
+  std::optional<StepMetrics> diloco_step();
+  // One outer round until it commits; false: the job finished without this worker.
+  bool outer_round();
   void rebuild(const coord::Quorum& q);
   void heal(const coord::Quorum& q);
   void drop_communicator(const std::string& why);
@@ -161,6 +185,8 @@ class FaultTolerance : private StepObserver {
   Trainer& trainer_;
   TrainState state_;
   double local_peak_flops_ = 0;
+  Diloco* diloco_ = nullptr;
+  uint32_t epoch_ = 0;  // DiLoCo: the epoch of the last outer round
   coord::Timeouts timeouts_;
   HealOptions heal_;
   int reference_replicas_ = 1;

@@ -191,6 +191,22 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
   if (c.diloco.enabled && c.parallel.zero > 0)
     throw ConfigError(fmt::format("{}: parallel.zero = {} cannot be combined with diloco.enabled yet", src, c.parallel.zero),
                       "DiLoCo's outer step reads whole parameter replicas; use parallel.zero = 0 with [diloco]");
+  if (c.diloco.enabled && c.fault.enabled) {
+    // Fault-tolerant DiLoCo (docs/diloco.md): every worker is one replica and
+    // the membership may change at each outer round.
+    const auto& d = c.diloco;
+    if (d.delay != 0)
+      throw ConfigError(fmt::format("{}: 'diloco.delay' = {} cannot be combined with fault.enabled: a fragment's "
+                                    "all-reduce cannot run behind compute while the membership may change under it",
+                                    src, d.delay),
+                        "set diloco.delay = 0 (fragments still sync at staggered steps) or fault.enabled = false");
+    if (d.workers_per_replica > 1 || d.replicas > 0)
+      throw ConfigError(fmt::format("{}: 'diloco.replicas' / 'diloco.workers_per_replica' cannot be set with "
+                                    "fault.enabled: each fault-tolerant worker is one replica",
+                                    src),
+                        "remove diloco.replicas and diloco.workers_per_replica; the coordinator's members are the "
+                        "replicas (bounded by the launcher's --min-replicas / --max-replicas)");
+  }
 
   doc.finish();
   return c;

@@ -76,14 +76,27 @@ std::vector<ckpt::HeldBuffer> zero_held(ZeroOptimizer& zero, float* flat_params)
 
 }  // namespace
 
+void TrainState::add_buffer(const std::string& name, float* data, int64_t numel) {
+  const uint64_t bytes = static_cast<uint64_t>(numel) * 4;
+  layout_.add_buffer(name, DType::F32, bytes);
+  layout_.add_tensor(name, DType::F32, {numel}, name, 0);
+  extras_.push_back({name, data, bytes});
+}
+
 std::vector<ckpt::HeldBuffer> TrainState::held() const {
   auto& flat = trainer_.model().params();
-  if (auto* zero = trainer_.zero()) return zero_held(*zero, zero->stage() >= 3 ? nullptr : flat.param_data());
-  auto& opt = trainer_.optimizer();
-  const uint64_t bytes = static_cast<uint64_t>(flat.numel()) * 4;
-  return {{"params", {0, bytes}, flat.param_data(), {}},
-          {"adam_m", {0, bytes}, opt.exp_avg().data(), {}},
-          {"adam_v", {0, bytes}, opt.exp_avg_sq().data(), {}}};
+  std::vector<ckpt::HeldBuffer> out;
+  if (auto* zero = trainer_.zero()) {
+    out = zero_held(*zero, zero->stage() >= 3 ? nullptr : flat.param_data());
+  } else {
+    auto& opt = trainer_.optimizer();
+    const uint64_t bytes = static_cast<uint64_t>(flat.numel()) * 4;
+    out = {{"params", {0, bytes}, flat.param_data(), {}},
+           {"adam_m", {0, bytes}, opt.exp_avg().data(), {}},
+           {"adam_v", {0, bytes}, opt.exp_avg_sq().data(), {}}};
+  }
+  for (const auto& e : extras_) out.push_back({e.name, {0, e.bytes}, e.data, {}});
+  return out;
 }
 
 std::vector<ckpt::ReadTarget> TrainState::read_targets() const {

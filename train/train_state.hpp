@@ -87,9 +87,20 @@ class TrainState : public CheckpointState {
   // blob when one is missing or malformed.
   void restore(const StateBlobs& blobs) override;
 
+  // One more f32 buffer of `numel` elements that this rank holds whole and
+  // that travels with the state (as one tensor of the same name), e.g.
+  // DiLoCo's outer state in a heal. `data` must outlive this object.
+  void add_buffer(const std::string& name, float* data, int64_t numel);
+
  private:
+  struct Extra {
+    std::string name;
+    float* data = nullptr;
+    uint64_t bytes = 0;
+  };
   Trainer& trainer_;
   ckpt::StateLayout layout_;
+  std::vector<Extra> extras_;
 };
 
 }  // namespace braid::train

@@ -52,9 +52,6 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   // DiLoCo: the trainer sees its replica's communicator; Diloco syncs the
   // replicas every diloco.inner_steps steps (train/diloco.hpp).
   std::optional<DilocoGroups> diloco_groups;
-  if (config.diloco.enabled && config.fault.enabled)
-    throw ConfigError("[diloco] and [fault] cannot be enabled together yet",
-                      "replicas joining and leaving between outer steps is not implemented (docs/diloco.md)");
   if (config.diloco.enabled && (config.checkpoint.enabled() || options.resume))
     throw ConfigError("checkpoints are not supported with [diloco] yet: between outer steps the replicas hold "
                       "different parameters, and the outer optimizer's state (the parameters of the last sync and "
@@ -71,7 +68,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
   // Fault tolerance: comm is null; the coordinator's quorums choose the
   // members and each epoch gets its communicator (train/fault_tolerance.hpp).
   std::unique_ptr<FaultTolerance> ft;
-  if (config.fault.enabled) ft = std::make_unique<FaultTolerance>(config, trainer, summary.peak.flops_per_s);
+  if (config.fault.enabled) ft = std::make_unique<FaultTolerance>(config, trainer, summary.peak.flops_per_s, diloco.get());
 
   // Health (docs/health.md), registered before checkpoints: a corrupted
   // replica is repaired before its share of the state is saved.
@@ -241,7 +238,7 @@ JobSummary run_training_job(const TrainConfig& config, comm::Communicator* comm,
     j["wall_s"] = summary.wall_s;
     if (diloco) {
       nlohmann::ordered_json d;
-      d["replicas"] = diloco_groups->replicas;
+      d["replicas"] = ft ? ft->stats().replicas : diloco_groups->replicas;
       d["workers_per_replica"] = diloco_groups->workers_per_replica;
       d["codec"] = config.diloco.codec;
       d["outer_rounds"] = diloco->stats().outer_rounds;

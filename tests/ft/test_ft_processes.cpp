@@ -117,7 +117,8 @@ class FaultTolerantTraining : public ::testing::Test {
     else std::fprintf(stderr, "kept %s for inspection\n", dir_.c_str());
   }
 
-  std::string config(int steps) {
+  // `extra`: more TOML appended (e.g. a [diloco] section).
+  std::string config(int steps, const std::string& extra = "") {
     std::string path = dir_ + "/job.toml";
     std::ofstream f(path);
     f << "[model]\ncontext = 16\nlayers = 1\nwidth = 16\nheads = 2\n"
@@ -126,7 +127,7 @@ class FaultTolerantTraining : public ::testing::Test {
       << "[train]\nsteps = " << steps << "\nbatch_size = 4\neval_every = 0\nsample_tokens = 0\nthreads = 1\n"
       << "[parallel]\nbucket_size = \"4K\"\n"
       << "[run]\ndir = \"" << dir_ << "/run\"\nprogress = false\n"
-      << "[fault]\nenabled = true\n";
+      << "[fault]\nenabled = true\n" << extra;
     return path;
   }
   std::string events_dir() const { return dir_ + "/events"; }
@@ -229,9 +230,11 @@ class FaultTolerantTraining : public ::testing::Test {
       if (e["event"] == "commit" && e["world"].get<int>() == world) return true;
     return false;
   }
-  // Every replica in `replicas` finished at `steps` with the same state.
+  // Every replica in `replicas` finished at `steps` with the same state
+  // (parameters; and the optimizer's moments unless `params_only`: DiLoCo's
+  // replicas share parameters after the last outer step, not their inner AdamW).
   void expect_same_final_state(const std::map<std::string, std::vector<json>>& ev,
-                               const std::vector<std::string>& replicas, int steps) {
+                               const std::vector<std::string>& replicas, int steps, bool params_only = false) {
     std::string params, state;
     for (const auto& r : replicas) {
       ASSERT_TRUE(ev.count(r)) << "no events of replica " << r;
@@ -246,8 +249,38 @@ class FaultTolerantTraining : public ::testing::Test {
         state = (*done)["state_xxh3"].get<std::string>();
       }
       EXPECT_EQ((*done)["params_xxh3"].get<std::string>(), params) << "replica " << r;
-      EXPECT_EQ((*done)["state_xxh3"].get<std::string>(), state) << "replica " << r;
+      if (!params_only) {
+        EXPECT_EQ((*done)["state_xxh3"].get<std::string>(), state) << "replica " << r;
+      }
     }
+  }
+  // Starts `braid launch --nproc 3 FLAGS` (with the short timeouts) of
+  // `braid train CFG` under the drill, output to launch.log.
+  void launch(Background& job, const std::string& drill, double step_delay_s, const std::string& flags,
+              const std::string& cfg) {
+    job.start(env(drill, step_delay_s) + kBraid + " launch --nproc 3 " + flags + " " + kTimeouts + " -- " + kBraid +
+                  " train " + cfg,
+              dir_ + "/launch.log");
+  }
+  // Waits until `replica` stopped itself by its drill; its pid (remembered
+  // for TearDown), or 0 when that did not happen within 90 s.
+  pid_t wait_until_stopped(const std::string& replica, Background& job) {
+    int64_t pid = 0;
+    wait_events(
+        [&](const auto& ev) {
+          if (!ev.count(replica)) return false;
+          if (const json* d = find(ev.at(replica), "drill")) pid = (*d)["pid"].get<int64_t>();
+          return pid != 0;
+        },
+        90, &job);
+    if (pid != 0) stopped_.push_back(static_cast<pid_t>(pid));
+    return static_cast<pid_t>(pid);
+  }
+  // The replica's outer round at `step` (DiLoCo), or null.
+  static const json* outer_at(const std::vector<json>& ev, int64_t step) {
+    for (const auto& e : ev)
+      if (e["event"] == "outer" && e["step"].get<int64_t>() == step) return &e;
+    return nullptr;
   }
 
   std::string dir_;
@@ -258,8 +291,7 @@ TEST_F(FaultTolerantTraining, KilledWorkerTheOtherTwoFinishIdentical) {
   const int steps = 30;
   auto cfg = config(steps);
   Background job;
-  job.start(env("kill:2@5", 0) + kBraid + " launch --nproc 3 " + kTimeouts + " -- " + kBraid + " train " + cfg,
-            dir_ + "/launch.log");
+  launch(job, "kill:2@5", 0, "", cfg);
   ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
   const std::string log = slurp(dir_ + "/launch.log");
   // The launcher let the survivors finish and names the lost worker.
@@ -292,18 +324,9 @@ TEST_F(FaultTolerantTraining, StoppedWorkerIsEvictedThenRejoinsAndHeals) {
   Background job;
   // The step delay makes the run last long enough after the SIGCONT for the
   // woken worker to rejoin (~1 s) before the others finish.
-  job.start(env("stop:2@5", 0.05) + kBraid + " launch --nproc 3 " + kTimeouts + " -- " + kBraid + " train " + cfg,
-            dir_ + "/launch.log");
-  int64_t stopped_pid = 0;
-  ASSERT_TRUE(wait_events(
-      [&](const auto& ev) {
-        if (!ev.count("2")) return false;
-        if (const json* d = find(ev.at("2"), "drill")) stopped_pid = (*d)["pid"].get<int64_t>();
-        return stopped_pid != 0;
-      },
-      90, &job))
-      << slurp(dir_ + "/launch.log");
-  stopped_.push_back(static_cast<pid_t>(stopped_pid));
+  launch(job, "stop:2@5", 0.05, "", cfg);
+  const pid_t stopped_pid = wait_until_stopped("2", job);
+  ASSERT_GT(stopped_pid, 0) << slurp(dir_ + "/launch.log");
   // Evicted after the heartbeat death: the others commit steps without it.
   ASSERT_TRUE(wait_events(
       [&](const auto& ev) { return ev.count("0") && ev.count("1") && committed_with(ev.at("0"), 2) &&
@@ -311,7 +334,7 @@ TEST_F(FaultTolerantTraining, StoppedWorkerIsEvictedThenRejoinsAndHeals) {
       60, &job))
       << slurp(dir_ + "/launch.log");
   ASSERT_FALSE(job.poll()) << "the job ended before the stopped worker could rejoin\n" << slurp(dir_ + "/launch.log");
-  ASSERT_EQ(kill(static_cast<pid_t>(stopped_pid), SIGCONT), 0);
+  ASSERT_EQ(kill(stopped_pid, SIGCONT), 0);
   stopped_.clear();
   ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
   const std::string log = slurp(dir_ + "/launch.log");
@@ -344,10 +367,7 @@ TEST_F(FaultTolerantTraining, LauncherRestartsAKilledWorkerWhichHeals) {
   // --min-replicas 3: the two survivors wait at the step boundary (no quorum
   // below the minimum) until the restarted process has started its runtime
   // anew and registered, so it joins however slow the machine is.
-  job.start(env("kill:2@5", 0) + kBraid + " launch --nproc 3 --max-restarts 1 --min-replicas 3 " + kTimeouts +
-                " -- " + kBraid +
-                " train " + cfg,
-            dir_ + "/launch.log");
+  launch(job, "kill:2@5", 0, "--max-restarts 1 --min-replicas 3", cfg);
   ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
   const std::string log = slurp(dir_ + "/launch.log");
   EXPECT_EQ(job.code, 0) << log;
@@ -369,6 +389,121 @@ TEST_F(FaultTolerantTraining, LauncherRestartsAKilledWorkerWhichHeals) {
   for (const std::string r : {"0", "1"}) EXPECT_FALSE(committed_with(ev[r], 2)) << r;
 }
 
+// DiLoCo under fault tolerance: three replicas sync every 5 steps (int8
+// pseudo-gradients); replica 2 is killed in the middle of the second round.
+// The other two finish that round (their average, without the lost replica's
+// local steps) and the run, ending with the same parameters.
+const std::string kDiloco = "[diloco]\nenabled = true\ninner_steps = 5\ncodec = \"int8\"\n";
+
+TEST_F(FaultTolerantTraining, DilocoReplicaKilledMidRoundTheOthersFinishTheRoundAndTheRun) {
+  const int steps = 20;
+  auto cfg = config(steps, kDiloco);
+  Background job;
+  launch(job, "kill:2@7", 0, "", cfg);
+  ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
+  const std::string log = slurp(dir_ + "/launch.log");
+  EXPECT_EQ(job.code, 0) << log;
+  EXPECT_NE(log.find("finished without 1 lost worker"), std::string::npos) << log;
+  auto ev = events();
+  ASSERT_NE(find(ev["2"], "drill"), nullptr) << log;
+  EXPECT_EQ(find(ev["2"], "done"), nullptr);
+  expect_same_final_state(ev, {"0", "1"}, steps, /*params_only=*/true);
+  for (const std::string r : {"0", "1"}) {
+    EXPECT_EQ(check_history(r, ev[r], steps), 1) << r;
+    // Round 1 with all three; the round replica 2 died in, and every later
+    // one, averaged over the two that trained it.
+    const json* first = outer_at(ev[r], 5);
+    ASSERT_NE(first, nullptr) << r;
+    EXPECT_EQ((*first)["contributors"].get<int>(), 3) << r;
+    for (int64_t s = 10; s <= steps; s += 5) {
+      const json* o = outer_at(ev[r], s);
+      ASSERT_NE(o, nullptr) << r << " has no outer round at step " << s << "\n" << log;
+      EXPECT_EQ((*o)["world"].get<int>(), 2) << r;
+      EXPECT_EQ((*o)["contributors"].get<int>(), 2) << r;
+    }
+  }
+  // Only outer rounds talk to the coordinator: no quorum between them.
+  for (const auto& e : ev["0"])
+    if (e["event"] == "quorum") {
+      EXPECT_EQ(e["step"].get<int64_t>() % 5, 0) << e.dump();
+    }
+  auto summary = json::parse(slurp(dir_ + "/run/summary.json"));
+  EXPECT_EQ(summary["diloco"]["replicas"].get<int>(), 2);
+  EXPECT_EQ(summary["fault_tolerance"]["replicas_at_end"].get<int>(), 2);
+}
+
+// The killed replica restarted by the launcher joins at the next outer step:
+// it heals from a peer (parameters, inner AdamW, θ of the last sync and the
+// outer momentum), adds nothing to that round (the average is over the two
+// that trained it), trains the following rounds with the others, and all
+// three end with the same parameters. --min-replicas 3 makes the survivors
+// wait at the round for the restarted process, however slow the machine.
+TEST_F(FaultTolerantTraining, DilocoRestartedReplicaJoinsAtAnOuterStep) {
+  const int steps = 20;
+  auto cfg = config(steps, kDiloco);
+  Background job;
+  launch(job, "kill:2@7", 0, "--max-restarts 1 --min-replicas 3", cfg);
+  ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
+  const std::string log = slurp(dir_ + "/launch.log");
+  EXPECT_EQ(job.code, 0) << log;
+  auto ev = events();
+  expect_same_final_state(ev, {"0", "1", "2"}, steps, /*params_only=*/true);
+  for (const std::string r : {"0", "1"}) EXPECT_EQ(check_history(r, ev[r], steps), 1) << r;
+  EXPECT_EQ(check_history("2", ev["2"], steps), 2);
+  const json* heal = find(ev["2"], "heal");
+  ASSERT_NE(heal, nullptr) << log;
+  EXPECT_EQ((*heal)["step"].get<int64_t>(), 10);
+  EXPECT_EQ((*heal)["old_step"].get<int64_t>(), 0);
+  for (const std::string r : {"0", "1", "2"}) {
+    const json* joined = outer_at(ev[r], 10);
+    ASSERT_NE(joined, nullptr) << r << "\n" << log;
+    EXPECT_EQ((*joined)["world"].get<int>(), 3) << r;
+    EXPECT_EQ((*joined)["contributors"].get<int>(), 2) << r;
+    const json* next = outer_at(ev[r], 15);
+    ASSERT_NE(next, nullptr) << r;
+    EXPECT_EQ((*next)["contributors"].get<int>(), 3) << r;
+  }
+}
+
+// A replica stopped (SIGSTOP) in the middle of a round is evicted at the
+// heartbeat death; the others go on with two. Woken, it learns it was
+// evicted after its next local step and joins the members' next round as a
+// new replica (healed, adding nothing to that round) instead of training on
+// alone; all three end with the same parameters.
+TEST_F(FaultTolerantTraining, DilocoStoppedReplicaIsEvictedThenJoinsAtAnOuterStep) {
+  const int steps = 200;
+  auto cfg = config(steps, kDiloco);
+  Background job;
+  launch(job, "stop:2@7", 0.05, "", cfg);
+  const pid_t stopped_pid = wait_until_stopped("2", job);
+  ASSERT_GT(stopped_pid, 0) << slurp(dir_ + "/launch.log");
+  auto round_with_two = [](const std::vector<json>& ev) {
+    for (const auto& e : ev)
+      if (e["event"] == "outer" && e["world"].get<int>() == 2) return true;
+    return false;
+  };
+  ASSERT_TRUE(wait_events([&](const auto& ev) { return ev.count("0") && round_with_two(ev.at("0")); }, 60, &job))
+      << slurp(dir_ + "/launch.log");
+  ASSERT_FALSE(job.poll()) << "the job ended before the stopped replica could rejoin\n" << slurp(dir_ + "/launch.log");
+  ASSERT_EQ(kill(stopped_pid, SIGCONT), 0);
+  stopped_.clear();
+  ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
+  const std::string log = slurp(dir_ + "/launch.log");
+  EXPECT_EQ(job.code, 0) << log;
+  auto ev = events();
+  expect_same_final_state(ev, {"0", "1", "2"}, steps, /*params_only=*/true);
+  for (const std::string r : {"0", "1", "2"}) EXPECT_EQ(check_history(r, ev[r], steps), 1) << r;
+  const json* heal = find(ev["2"], "heal");
+  ASSERT_NE(heal, nullptr) << log;
+  const int64_t joined_at = (*heal)["step"].get<int64_t>();
+  EXPECT_EQ(joined_at % 5, 0);
+  EXPECT_GT(joined_at, (*heal)["old_step"].get<int64_t>());
+  const json* joined = outer_at(ev["2"], joined_at);
+  ASSERT_NE(joined, nullptr) << log;
+  EXPECT_EQ((*joined)["contributors"].get<int>(), 2);
+  EXPECT_EQ((*joined)["world"].get<int>(), 3);
+}
+
 // The lead worker (launch slot 0, which writes the run directory) killed and
 // restarted: it heals like any other, and its second life continues the
 // run's metrics.jsonl instead of starting it anew, then writes summary.json.
@@ -376,9 +511,7 @@ TEST_F(FaultTolerantTraining, RestartedLeadKeepsTheRunsMetrics) {
   const int steps = 30;
   auto cfg = config(steps);
   Background job;
-  job.start(env("kill:0@8", 0) + kBraid + " launch --nproc 3 --max-restarts 1 --min-replicas 3 " + kTimeouts +
-                " -- " + kBraid + " train " + cfg,
-            dir_ + "/launch.log");
+  launch(job, "kill:0@8", 0, "--max-restarts 1 --min-replicas 3", cfg);
   ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
   const std::string log = slurp(dir_ + "/launch.log");
   ASSERT_EQ(job.code, 0) << log;
@@ -403,8 +536,7 @@ TEST_F(FaultTolerantTraining, LeadLostForGoodASurvivorKeepsTheRecords) {
   const int steps = 30;
   auto cfg = config(steps);
   Background job;
-  job.start(env("kill:0@8", 0) + kBraid + " launch --nproc 3 " + kTimeouts + " -- " + kBraid + " train " + cfg,
-            dir_ + "/launch.log");
+  launch(job, "kill:0@8", 0, "", cfg);
   ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
   const std::string log = slurp(dir_ + "/launch.log");
   EXPECT_EQ(job.code, 0) << log;

@@ -10,6 +10,7 @@
 #include <functional>
 #include <thread>
 
+#include "comm/bootstrap.hpp"
 #include "comm/communicator.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
@@ -249,6 +250,43 @@ TEST_F(DilocoTest, SeveralWorkersPerReplicaEndIdentical) {
   EXPECT_LT(relative_error(rs[0].params, rs1[0].params), 1e-2);
 }
 
+// The rounds of fault-tolerant DiLoCo (driven by FaultTolerance): a replica
+// that joins at a round (here rank 2, holding a copy of rank 0's state) adds
+// nothing to it, the average is over the two that trained, and all three end with the
+// reference's parameters. A round reduced twice (the first try thrown away,
+// as after a failed vote) gives the same result: reduce_round touches only
+// scratch memory.
+TEST_F(DilocoTest, AJoinerAddsNothingToItsFirstRoundAndARoundCanBeRedone) {
+  const int64_t H = 4;
+  auto cfg = tiny_config(H);
+  auto dc = diloco_config(H);
+  auto want = reference(cfg, dc, 2);
+  std::vector<torch::Tensor> got(3);
+  comm::run_in_process(3, [&](comm::Communicator& comm) {
+    const int r = comm.rank();
+    Trainer t(cfg, pangram_corpus(), nullptr);
+    DilocoGroups none;
+    Diloco d(dc, t, none, pangram_corpus().train().size());
+    d.drive_externally();
+    d.bind_outer(&comm);
+    // Rank 2 ends the round with rank 0's state, as a heal from rank 0 would
+    // give it (it trains on rank 0's samples): its pseudo-gradient is not zero,
+    // and counting it would weigh rank 0 twice.
+    const bool trained = r < 2;
+    d.set_data_share(trained ? r : 0, 2);
+    while (t.step() < H) t.train_step();  // after_step leaves the round to us
+    const auto due = d.fragments_due(t.step());
+    ASSERT_EQ(due.size(), 1u);
+    d.reduce_round(due, trained, 2);
+    d.reduce_round(due, trained, 2);
+    d.apply_round(trained);
+    got[static_cast<size_t>(r)] = t.model().params().params().clone();
+    EXPECT_EQ(d.stats().outer_rounds, 1);
+  });
+  for (int r = 0; r < 3; ++r) EXPECT_LT(relative_error(got[static_cast<size_t>(r)], want), 1e-5) << "rank " << r;
+  EXPECT_TRUE(torch::equal(got[0], got[2]));
+}
+
 TEST_F(DilocoTest, BadSettingsAreClearErrors) {
   auto read = [](const std::string& toml) {
     Config doc = Config::from_string(toml);
@@ -277,6 +315,21 @@ TEST_F(DilocoTest, BadSettingsAreClearErrors) {
   dc.replicas = 2;
   dc.resolve(4, R, W);
   EXPECT_EQ(W, 2);
+  // Under [fault] every worker is one replica and rounds cannot run behind compute.
+  auto train_config = [](const std::string& diloco) {
+    Config doc = Config::from_string("[data]\npaths = [\"x.txt\"]\n[fault]\nenabled = true\n[diloco]\nenabled = true\n" +
+                                     diloco);
+    return TrainConfig::from(doc);
+  };
+  EXPECT_NO_THROW(train_config("inner_steps = 10\nfragments = 2\n"));
+  for (const char* bad : {"inner_steps = 10\ndelay = 2\n", "workers_per_replica = 2\n", "replicas = 3\n"}) {
+    try {
+      train_config(bad);
+      ADD_FAILURE() << "expected a ConfigError for " << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("fault.enabled"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace
