@@ -38,13 +38,10 @@ int run_hang_report(const ReportArgs& a) {
 // A directory written by `braid bench diloco`: its page, from results.json.
 int run_diloco_report(const ReportArgs& a, const std::string& results) {
   std::string out = a.output.empty() ? a.run_dir + "/diloco.html" : a.output;
-  const std::string html = diloco_html_page(read_diloco_results(results));
-  {
-    std::ofstream f(out, std::ios::binary | std::ios::trunc);
-    f << html;
-    if (!f) throw IoError(fmt::format("cannot write '{}'", out), "choose another path with -o");
-  }
-  std::printf("%s\n", out.c_str());
+  // The figure goes beside the page: diloco.svg, or OUT with .svg for -o OUT.
+  const std::string svg = std::filesystem::path(out).replace_extension(".svg").string();
+  write_diloco_pages(read_diloco_results(results), out, svg);
+  std::printf("%s\n%s\n", out.c_str(), svg.c_str());
   return 0;
 }
 

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
 
 #include "core/error.hpp"
 
@@ -34,7 +35,7 @@ std::string escape(const std::string& s) {
 // Loss against tokens, or against bytes across sites on a log scale (points
 // with no bytes yet are left out there).
 std::string svg_plot(const std::vector<DilocoRow>& rs, bool by_bytes, const std::string& title) {
-  const double W = 640, H = 360, L = 60, R = 20, T = 30, B = 45;
+  const double W = 640, H = 360, L = 60, R = 40, T = 30, B = 45;
   double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;
   for (const auto& r : rs)
     for (const auto& p : r.curve) {
@@ -100,6 +101,37 @@ std::string diloco_html_page(const DilocoResults& results) {
                      rs[i].bytes_wan, first && rs[i].bytes_wan > 0 ? first->bytes_wan / rs[i].bytes_wan : 0.0,
                      rs[i].wall_s, rs[i].utilization * 100);
   return s + "</table></body></html>\n";
+}
+
+std::string diloco_svg_figure(const DilocoResults& results) {
+  const auto& rs = results.rows;
+  const double plot_w = 640, plot_h = 360, top = 24, per_row = 18;
+  const size_t columns = 3, legend_rows = (rs.size() + columns - 1) / columns;
+  const double W = 2 * plot_w, H = top + plot_h + 10 + per_row * static_cast<double>(legend_rows) + 8;
+  std::string s = fmt::format("<svg width='{}' height='{}' xmlns='http://www.w3.org/2000/svg' font-family='sans-serif' "
+                              "font-size='11'><rect width='100%' height='100%' fill='white'/>"
+                              "<text x='10' y='16' font-size='12'>{}</text>",
+                              W, H, escape(results.setup));
+  // Nested <svg> elements place the two plots side by side.
+  s += fmt::format("<g transform='translate(0 {})'>{}</g>", top, svg_plot(rs, false, "validation loss vs tokens"));
+  s += fmt::format("<g transform='translate({} {})'>{}</g>", plot_w, top,
+                   svg_plot(rs, true, "validation loss vs bytes across sites"));
+  for (size_t i = 0; i < rs.size(); ++i) {
+    const double x = 60 + static_cast<double>(i % columns) * (W - 60) / columns;
+    const double y = top + plot_h + 10 + static_cast<double>(i / columns) * per_row;
+    s += fmt::format("<rect x='{}' y='{}' width='14' height='4' fill='{}'/><text x='{}' y='{}'>{}</text>", x, y + 4,
+                     color_of(i), x + 20, y + 9, escape(rs[i].name));
+  }
+  return s + "</svg>\n";
+}
+
+void write_diloco_pages(const DilocoResults& results, const std::string& html_path, const std::string& svg_path) {
+  for (const auto& [path, text] : {std::pair<std::string, std::string>{html_path, diloco_html_page(results)},
+                                   std::pair<std::string, std::string>{svg_path, diloco_svg_figure(results)}}) {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f << text;
+    if (!f) throw IoError(fmt::format("cannot write '{}'", path), "choose another path with -o, or free the disk");
+  }
 }
 
 namespace {

@@ -32,6 +32,11 @@ struct DilocoResults {
 
 // One self-contained HTML page (inline SVG).
 std::string diloco_html_page(const DilocoResults& results);
+// The page's two plots side by side with a legend and the setup line, as
+// one standalone SVG file (for README.md and other documents).
+std::string diloco_svg_figure(const DilocoResults& results);
+// Writes both (IoError naming the file that could not be written).
+void write_diloco_pages(const DilocoResults& results, const std::string& html_path, const std::string& svg_path);
 
 // Whether `path` (a file) looks like bench diloco's results.json.
 bool is_diloco_results(const std::string& path);

@@ -235,10 +235,7 @@ int run_bench_diloco(const BenchDilocoArgs& a) {
       fmt::format("{} workers, each its own site; every pair shaped to latency {} and rate {} (BRAID_FAULTS over TCP); "
                   "{} steps per configuration (equal tokens){}; config {}",
                   a.workers, a.latency, a.rate, steps, a.quick ? ", --quick model" : "", a.config);
-  {
-    std::ofstream page(out + "/diloco.html");
-    page << diloco_html_page(page_data(results, setup));
-  }
+  write_diloco_pages(page_data(results, setup), out + "/diloco.html", out + "/diloco.svg");
   nlohmann::ordered_json j;
   j["setup"] = setup;
   j["page"] = out + "/diloco.html";
@@ -276,7 +273,8 @@ int run_bench_diloco(const BenchDilocoArgs& a) {
     std::printf("%-26s %10.4f %+7.1f%% %12.3e %8.0fx %8.1f %6.1f%%\n", r.v.name.c_str(), r.final_val_loss,
                 (r.final_val_loss / dp.final_val_loss - 1) * 100, r.bytes_wan,
                 r.bytes_wan > 0 ? dp.bytes_wan / r.bytes_wan : 0.0, r.wall_s, r.utilization * 100);
-  std::printf("\npage: %s/diloco.html   data: %s/results.json\n", out.c_str(), out.c_str());
+  std::printf("\npage: %s/diloco.html   figure: %s/diloco.svg   data: %s/results.json\n", out.c_str(), out.c_str(),
+              out.c_str());
   return 0;
 }
 
@@ -293,7 +291,7 @@ std::function<int()> setup(CLI::App& bench) {
   cmd->add_option("--rate", a->rate, "Bandwidth cap per pair of sites")->capture_default_str();
   cmd->add_option("--only", a->only, "Run only configurations whose name contains one of these comma-separated parts (dp always runs)");
   cmd->add_flag("--error-feedback", a->error_feedback, "DiLoCo runs keep codec residuals (diloco.error_feedback)");
-  cmd->add_option("--out", a->out, "Directory for the runs, results.json and diloco.html");
+  cmd->add_option("--out", a->out, "Directory for the runs, results.json, diloco.html and diloco.svg");
   return [a] { return run_bench_diloco(*a); };
 }
 

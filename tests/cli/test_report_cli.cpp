@@ -92,10 +92,19 @@ TEST_F(ReportCli, BenchDilocoDirectoryBecomesTheDilocoPage) {
   const std::string points = html.substr(last_line, html.find("'>", html.find("points=", last_line)) - last_line);
   EXPECT_EQ(count(points, ","), 4u) << points;
 
-  // -o writes elsewhere.
+  // The same two plots as one standalone figure, with a legend naming every configuration.
+  const std::string svg = slurp(dir_ / "diloco.svg");
+  EXPECT_EQ(svg.rfind("<svg", 0), 0u) << "a standalone SVG file";
+  EXPECT_EQ(count(svg, "<svg"), 3u) << "the figure and its two plots";
+  EXPECT_EQ(count(svg, "<polyline"), 4u);
+  EXPECT_NE(svg.find(">diloco-h100-int8</text>"), std::string::npos) << "legend";
+  EXPECT_NE(svg.find("4 workers &lt;test&gt;"), std::string::npos) << "the setup, escaped";
+
+  // -o writes elsewhere (the figure beside it).
   r = run(kBraid + " report " + dir_.string() + " -o " + (dir_ / "other.html").string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(fs::exists(dir_ / "other.html"));
+  EXPECT_TRUE(fs::exists(dir_ / "other.svg"));
 }
 
 TEST_F(ReportCli, ABrokenBenchDilocoResultIsAClearError) {
