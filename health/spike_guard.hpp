@@ -30,6 +30,15 @@ class SpikeGuard {
   GuardVerdict judge(double loss, double grad_norm, std::string* why = nullptr);
   // After a rollback the streak starts over (the statistics are kept).
   void reset_streak() { streak_ = 0; }
+  // The model was replaced (e.g. a DiLoCo outer step moved every parameter):
+  // the running statistics start over, and spikes are judged again only after
+  // `warmup` accepted steps (NaN/Inf always are).
+  void restart() {
+    loss_ = Running{};
+    norm_ = Running{};
+    accepted_ = 0;
+    streak_ = 0;
+  }
   int64_t streak() const { return streak_; }
   int64_t accepted() const { return accepted_; }
 

@@ -208,6 +208,7 @@ void Diloco::update(int f) {
   std::memcpy(trainer_.model().params().param_data() + b, sync_.data() + b, static_cast<size_t>(e - b) * 4);
   synced_at_[static_cast<size_t>(f)] = trainer_.step();
   ++stats_.outer_rounds;
+  trainer_.notify_parameters_replaced();  // e.g. the health guard's statistics start over
   stats_.outer_apply_s += apply_clock.seconds();
 }
 

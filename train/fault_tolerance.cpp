@@ -335,6 +335,7 @@ void FaultTolerance::heal(const coord::Quorum& q) {
     const int64_t old_step = trainer_.step();
     HealStats s = receive_training_state(*comm_, state_, q.heal_source, heal_);
     state_partial_ = false;
+    trainer_.notify_parameters_replaced();
     ++stats_.heals_received;
     stats_.heal_bytes_received += s.bytes;
     stats_.heal_seconds += s.seconds;

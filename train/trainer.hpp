@@ -74,6 +74,10 @@ class StepObserver {
   // Return false to skip this step's update (gradients are then discarded).
   virtual bool before_optimizer_apply(Trainer&, const StepMetrics&) { return true; }
   virtual void after_step(Trainer&, const StepMetrics&) {}
+  // The parameters were replaced from outside the optimizer (a DiLoCo outer
+  // step, a heal from a peer): what an observer learned about the old
+  // trajectory (e.g. the guard's running gradient norm) no longer applies.
+  virtual void parameters_replaced(Trainer&) {}
 };
 
 class Trainer {
@@ -91,6 +95,10 @@ class Trainer {
   std::string sample_text(int64_t tokens);
 
   void add_observer(StepObserver* o) { observers_.push_back(o); }
+  // Tells every observer that the parameters were replaced (see StepObserver).
+  void notify_parameters_replaced() {
+    for (auto* o : observers_) o->parameters_replaced(*this);
+  }
   // Raises a request for agreement in the next step's all-reduce (see StepRequest).
   void request(StepRequest r) { local_requests_ |= 1u << static_cast<uint32_t>(r); }
   // Peak of the whole job (sum over ranks), for MFU; 0 leaves MFU at 0.

@@ -167,6 +167,24 @@ TEST(SpikeGuard, SpikesAreJudgedAgainstRunningStatistics) {
   EXPECT_EQ(fresh.judge(30.0, 100.0), GuardVerdict::Apply);
 }
 
+// After the model is replaced (a DiLoCo outer step, a heal) the statistics
+// start over: the higher gradient norm that follows is the new baseline, not
+// a spike; the warmup applies again, and later spikes against the new
+// baseline are caught.
+TEST(SpikeGuard, RestartMakesTheReplacedModelTheNewBaseline) {
+  SpikeGuard g({.sigma = 6, .warmup = 5, .ema = 0.1, .rollback_after = 2});
+  auto wobble = [](int i) { return (i % 2 == 0 ? 1.0 : -1.0) * (0.5 + 0.1 * (i % 5)); };  // within [-0.9, 0.9]
+  for (int i = 0; i < 50; ++i) ASSERT_EQ(g.judge(3.0 + 0.05 * wobble(i), 1.0 + 0.1 * wobble(i)), GuardVerdict::Apply);
+  EXPECT_EQ(g.judge(3.0, 4.0), GuardVerdict::Skip) << "without a restart the jump is a spike";
+  g.restart();
+  EXPECT_EQ(g.accepted(), 0);
+  EXPECT_EQ(g.streak(), 0);
+  for (int i = 0; i < 50; ++i) ASSERT_EQ(g.judge(3.0 + 0.05 * wobble(i), 4.0 + 0.1 * wobble(i)), GuardVerdict::Apply) << i;
+  EXPECT_EQ(g.judge(3.0, 40.0), GuardVerdict::Skip) << "spikes against the new baseline are still caught";
+  g.restart();
+  EXPECT_EQ(g.judge(3.0, NAN), GuardVerdict::Skip) << "non-finite values are refused during the warmup too";
+}
+
 TEST(Stragglers, SlowerThanFactorTimesMedian) {
   EXPECT_EQ(find_stragglers(std::vector<double>{1.0, 1.1, 3.2, 0.9}, 1.5), std::vector<int>{2});
   EXPECT_TRUE(find_stragglers(std::vector<double>{1.0, 1.1, 1.2}, 1.5).empty());
