@@ -492,16 +492,26 @@ void HealthMonitor::recompute_step(Trainer& t, std::vector<uint64_t>& mine) {
 
 void HealthMonitor::rollback(Trainer& t, const std::string& why) {
   const int64_t step = t.step();
-  if (!rollback_)
-    throw Error(fmt::format("step {}: {} bad steps in a row ({}) and no checkpoint to roll back to", step,
-                            guard_.streak(), why),
-                "set checkpoint.dir and checkpoint.every_steps, or health.rollback_after = 0 to keep skipping");
   // The data since the checkpoint is skipped: the sampler keeps its place.
   const SamplerPosition data_position = t.sampler().position();
-  std::optional<int64_t> to = rollback_();
-  if (!to)
-    throw Error(fmt::format("step {}: {} bad steps in a row ({}) and no checkpoint saved yet", step, guard_.streak(), why),
-                "save earlier (checkpoint.every_steps), or set health.rollback_after = 0 to keep skipping");
+  std::optional<int64_t> to = rollback_ ? rollback_() : std::nullopt;
+  if (!to) {
+    // Nothing to go back to. The bad updates were not applied, so the model
+    // is still the last good one: keep skipping them rather than lose the
+    // run; stop only when the bad steps go on (the run is not learning).
+    const int64_t stop_at = std::max<int64_t>(10, 5 * config_.rollback_after);
+    const char* none = rollback_ ? "no checkpoint saved yet" : "no checkpoint to roll back to";
+    if (guard_.streak() >= stop_at)
+      throw Error(fmt::format("step {}: {} bad steps in a row ({}) and {}: the run is not learning", step,
+                              guard_.streak(), why, none),
+                  "lower optim.lr (or raise health.spike_sigma); with checkpoint.dir and checkpoint.every_steps a "
+                  "bad window is rolled back instead");
+    if (guard_.streak() == config_.rollback_after)
+      log::warn("step {}: {} bad steps in a row ({}) and {}: their updates are skipped instead; the run stops if "
+                "{} come in a row",
+                step, guard_.streak(), why, none, stop_at);
+    return;
+  }
   t.sampler().restore(data_position);
   guard_.reset_streak();
   ++stats_.rollbacks;

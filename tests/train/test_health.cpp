@@ -310,15 +310,29 @@ TEST_F(Health, RepeatedNanRollsBackToTheLastCheckpoint) {
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 5, 6, 7, 8, 9, 10}));
   EXPECT_EQ(mon.stats().skipped_steps, 2);
   EXPECT_EQ(mon.stats().rollbacks, 1);
-  // Without a checkpoint the rollback is a clear error.
+  // Without a checkpoint the bad updates are skipped and training goes on
+  // from the last good model ...
   TrainConfig bare = tiny_config();
   bare.health.inject = {"nan:rank=0,step=2,count=2"};
   Trainer t2(bare, pangram_corpus(), nullptr);
   HealthMonitor mon2(t2, bare.health, "");
-  t2.train_step();
-  t2.train_step();
-  t2.train_step();                       // the second NaN: a rollback is due
-  EXPECT_THROW(t2.train_step(), Error);  // ... and there is no checkpoint
+  for (int i = 0; i < 6; ++i) EXPECT_NO_THROW(t2.train_step()) << "step " << i;
+  EXPECT_EQ(mon2.stats().skipped_steps, 2);
+  EXPECT_EQ(mon2.stats().rollbacks, 0);
+  EXPECT_TRUE(std::isfinite(t2.model().params().params().sum().item<double>()));
+  // ... unless they go on (10 in a row here): the run is not learning, a clear error.
+  TrainConfig stuck = tiny_config();
+  stuck.health.inject = {"nan:rank=0,step=2,count=30"};
+  Trainer t3(stuck, pangram_corpus(), nullptr);
+  HealthMonitor mon3(t3, stuck.health, "");
+  try {
+    for (int i = 0; i < 30; ++i) t3.train_step();
+    ADD_FAILURE() << "expected the run to stop";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not learning"), std::string::npos) << e.what();
+  }
+  EXPECT_GE(mon3.stats().skipped_steps, 10);
+  EXPECT_LE(mon3.stats().skipped_steps, 11);
   fs::remove_all(dir);
 }
 
