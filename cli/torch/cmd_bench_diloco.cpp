@@ -233,8 +233,9 @@ int run_bench_diloco(const BenchDilocoArgs& a) {
   const Result& dp = results.front();
   const std::string setup =
       fmt::format("{} workers, each its own site; every pair shaped to latency {} and rate {} (BRAID_FAULTS over TCP); "
-                  "{} steps per configuration (equal tokens){}; config {}",
-                  a.workers, a.latency, a.rate, steps, a.quick ? ", --quick model" : "", a.config);
+                  "{} steps per configuration (equal tokens){}; config {}{}",
+                  a.workers, a.latency, a.rate, steps, a.quick ? ", --quick model" : "", a.config,
+                  a.sets.empty() ? "" : fmt::format(" with --set {}", fmt::join(a.sets, " --set ")));
   write_diloco_pages(page_data(results, setup), out + "/diloco.html", out + "/diloco.svg");
   nlohmann::ordered_json j;
   j["setup"] = setup;

@@ -432,17 +432,19 @@ TEST_F(FaultTolerantTraining, DilocoReplicaKilledMidRoundTheOthersFinishTheRound
   EXPECT_EQ(summary["fault_tolerance"]["replicas_at_end"].get<int>(), 2);
 }
 
-// The killed replica restarted by the launcher joins at the next outer step:
+// Replica 2 killed inside the round at step 10 (after its all-reduce, before
+// its vote): the survivors' vote fails, nothing is applied, and the round is
+// reduced again. The launcher restarts the replica, which joins that round:
 // it heals from a peer (parameters, inner AdamW, θ of the last sync and the
-// outer momentum), adds nothing to that round (the average is over the two
-// that trained it), trains the following rounds with the others, and all
-// three end with the same parameters. --min-replicas 3 makes the survivors
-// wait at the round for the restarted process, however slow the machine.
+// outer momentum), adds nothing to it (the average is over the two that
+// trained it), trains the following rounds with the others, and all three end
+// with the same parameters. --min-replicas 3 makes the survivors wait at the
+// round for the restarted process, however slow the machine.
 TEST_F(FaultTolerantTraining, DilocoRestartedReplicaJoinsAtAnOuterStep) {
   const int steps = 20;
   auto cfg = config(steps, kDiloco);
   Background job;
-  launch(job, "kill:2@7", 0, "--max-restarts 1 --min-replicas 3", cfg);
+  launch(job, "kill:2@10/vote", 0, "--max-restarts 1 --min-replicas 3", cfg);
   ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
   const std::string log = slurp(dir_ + "/launch.log");
   EXPECT_EQ(job.code, 0) << log;
@@ -454,6 +456,11 @@ TEST_F(FaultTolerantTraining, DilocoRestartedReplicaJoinsAtAnOuterStep) {
   ASSERT_NE(heal, nullptr) << log;
   EXPECT_EQ((*heal)["step"].get<int64_t>(), 10);
   EXPECT_EQ((*heal)["old_step"].get<int64_t>(), 0);
+  for (const std::string r : {"0", "1"}) {
+    bool redone = false;
+    for (const auto& e : ev[r]) redone |= e["event"] == "discard" && e["step"] == 10 && e["phase"] == "outer";
+    EXPECT_TRUE(redone) << r << ": the round replica 2 died in was discarded and redone\n" << log;
+  }
   for (const std::string r : {"0", "1", "2"}) {
     const json* joined = outer_at(ev[r], 10);
     ASSERT_NE(joined, nullptr) << r << "\n" << log;
