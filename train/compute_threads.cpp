@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <fmt/format.h>
+#include <malloc.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -29,7 +30,18 @@ void set_compute_threads(int blas, int intra_op) {
     f(std::max(1, blas));
 }
 
+bool keep_freed_memory() {
+  const char* defaults = std::getenv("BRAID_MALLOC_DEFAULTS");
+  if (defaults && std::strcmp(defaults, "1") == 0) return false;
+  bool ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;  // glibc's upper limit on 64-bit hosts
+  ok = mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1 && ok;
+  ok = mallopt(M_TOP_PAD, 16 << 20) == 1 && ok;
+  return ok;
+}
+
 ComputeThreads set_compute_threads(int cores) {
+  static const bool allocator_set = keep_freed_memory();
+  (void)allocator_set;
   ComputeThreads t;
   t.blas = std::max(1, cores);
   const char* policy = std::getenv("OMP_WAIT_POLICY");
