@@ -335,7 +335,9 @@ void FaultTolerance::heal(const coord::Quorum& q) {
     const int64_t old_step = trainer_.step();
     HealStats s = receive_training_state(*comm_, state_, q.heal_source, heal_);
     state_partial_ = false;
-    trainer_.notify_parameters_replaced();
+    // No notify_parameters_replaced() here: under data parallelism the guard's
+    // verdict must be the same on every rank, so a joiner's guard must not
+    // start over while its peers' do not.
     ++stats_.heals_received;
     stats_.heal_bytes_received += s.bytes;
     stats_.heal_seconds += s.seconds;

@@ -88,8 +88,8 @@ class HealthMonitor : public StepObserver {
   bool before_optimizer_apply(Trainer& t, const StepMetrics& m) override;
   void after_step(Trainer& t, const StepMetrics& m) override;
   // The guard's running statistics start over (its warmup too): a DiLoCo
-  // outer step or a heal moves the parameters, and the first gradient norms
-  // after it are not anomalies of the old trajectory.
+  // outer step moves the parameters, and the first gradient norms after it
+  // are not anomalies of the old trajectory.
   void parameters_replaced(Trainer&) override { guard_.restart(); }
 
   // Adds this step's health fields to m.extra (metrics.jsonl).

@@ -74,9 +74,10 @@ class StepObserver {
   // Return false to skip this step's update (gradients are then discarded).
   virtual bool before_optimizer_apply(Trainer&, const StepMetrics&) { return true; }
   virtual void after_step(Trainer&, const StepMetrics&) {}
-  // The parameters were replaced from outside the optimizer (a DiLoCo outer
-  // step, a heal from a peer): what an observer learned about the old
-  // trajectory (e.g. the guard's running gradient norm) no longer applies.
+  // The parameters were replaced from outside the optimizer on every rank of
+  // this trainer at once (a DiLoCo outer step): what an observer learned
+  // about the old trajectory (e.g. the guard's running gradient norm) no
+  // longer applies.
   virtual void parameters_replaced(Trainer&) {}
 };
 
