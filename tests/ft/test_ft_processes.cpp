@@ -262,6 +262,23 @@ class FaultTolerantTraining : public ::testing::Test {
                   " train " + cfg,
               dir_ + "/launch.log");
   }
+  // A job run to its end (or terminated after timeout_s): whether it ended by
+  // itself, its exit code and launch.log.
+  struct JobEnd {
+    bool finished = false;
+    int code = -1;
+    std::string log;
+  };
+  JobEnd run_job(const std::string& drill, double step_delay_s, const std::string& flags, const std::string& cfg,
+                 double timeout_s) {
+    Background job;
+    launch(job, drill, step_delay_s, flags, cfg);
+    JobEnd e;
+    e.finished = job.wait(timeout_s);
+    e.code = job.code;
+    e.log = slurp(dir_ + "/launch.log");
+    return e;
+  }
   // Waits until `replica` stopped itself by its drill; its pid (remembered
   // for TearDown), or 0 when that did not happen within 90 s.
   pid_t wait_until_stopped(const std::string& replica, Background& job) {
@@ -290,12 +307,11 @@ class FaultTolerantTraining : public ::testing::Test {
 TEST_F(FaultTolerantTraining, KilledWorkerTheOtherTwoFinishIdentical) {
   const int steps = 30;
   auto cfg = config(steps);
-  Background job;
-  launch(job, "kill:2@5", 0, "", cfg);
-  ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
-  const std::string log = slurp(dir_ + "/launch.log");
+  const JobEnd end = run_job("kill:2@5", 0, "", cfg, 150);
+  ASSERT_TRUE(end.finished) << "the job did not finish\n" << end.log;
+  const std::string& log = end.log;
   // The launcher let the survivors finish and names the lost worker.
-  EXPECT_EQ(job.code, 0) << log;
+  EXPECT_EQ(end.code, 0) << log;
   EXPECT_NE(log.find("finished without 1 lost worker"), std::string::npos) << log;
 
   auto ev = events();
@@ -363,14 +379,13 @@ TEST_F(FaultTolerantTraining, StoppedWorkerIsEvictedThenRejoinsAndHeals) {
 TEST_F(FaultTolerantTraining, LauncherRestartsAKilledWorkerWhichHeals) {
   const int steps = 30;
   auto cfg = config(steps);
-  Background job;
   // --min-replicas 3: the two survivors wait at the step boundary (no quorum
   // below the minimum) until the restarted process has started its runtime
   // anew and registered, so it joins however slow the machine is.
-  launch(job, "kill:2@5", 0, "--max-restarts 1 --min-replicas 3", cfg);
-  ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
-  const std::string log = slurp(dir_ + "/launch.log");
-  EXPECT_EQ(job.code, 0) << log;
+  const JobEnd end = run_job("kill:2@5", 0, "--max-restarts 1 --min-replicas 3", cfg, 200);
+  ASSERT_TRUE(end.finished) << "the job did not finish\n" << end.log;
+  const std::string& log = end.log;
+  EXPECT_EQ(end.code, 0) << log;
   auto ev = events();
   expect_same_final_state(ev, {"0", "1", "2"}, steps);
   for (const std::string r : {"0", "1"}) EXPECT_EQ(check_history(r, ev[r], steps), 1) << r;
@@ -398,11 +413,10 @@ const std::string kDiloco = "[diloco]\nenabled = true\ninner_steps = 5\ncodec = 
 TEST_F(FaultTolerantTraining, DilocoReplicaKilledMidRoundTheOthersFinishTheRoundAndTheRun) {
   const int steps = 20;
   auto cfg = config(steps, kDiloco);
-  Background job;
-  launch(job, "kill:2@7", 0, "", cfg);
-  ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
-  const std::string log = slurp(dir_ + "/launch.log");
-  EXPECT_EQ(job.code, 0) << log;
+  const JobEnd end = run_job("kill:2@7", 0, "", cfg, 150);
+  ASSERT_TRUE(end.finished) << "the job did not finish\n" << end.log;
+  const std::string& log = end.log;
+  EXPECT_EQ(end.code, 0) << log;
   EXPECT_NE(log.find("finished without 1 lost worker"), std::string::npos) << log;
   auto ev = events();
   ASSERT_NE(find(ev["2"], "drill"), nullptr) << log;
@@ -443,11 +457,10 @@ TEST_F(FaultTolerantTraining, DilocoReplicaKilledMidRoundTheOthersFinishTheRound
 TEST_F(FaultTolerantTraining, DilocoRestartedReplicaJoinsAtAnOuterStep) {
   const int steps = 20;
   auto cfg = config(steps, kDiloco);
-  Background job;
-  launch(job, "kill:2@10/vote", 0, "--max-restarts 1 --min-replicas 3", cfg);
-  ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
-  const std::string log = slurp(dir_ + "/launch.log");
-  EXPECT_EQ(job.code, 0) << log;
+  const JobEnd end = run_job("kill:2@10/vote", 0, "--max-restarts 1 --min-replicas 3", cfg, 200);
+  ASSERT_TRUE(end.finished) << "the job did not finish\n" << end.log;
+  const std::string& log = end.log;
+  EXPECT_EQ(end.code, 0) << log;
   auto ev = events();
   expect_same_final_state(ev, {"0", "1", "2"}, steps, /*params_only=*/true);
   for (const std::string r : {"0", "1"}) EXPECT_EQ(check_history(r, ev[r], steps), 1) << r;
@@ -517,11 +530,10 @@ TEST_F(FaultTolerantTraining, DilocoStoppedReplicaIsEvictedThenJoinsAtAnOuterSte
 TEST_F(FaultTolerantTraining, RestartedLeadKeepsTheRunsMetrics) {
   const int steps = 30;
   auto cfg = config(steps);
-  Background job;
-  launch(job, "kill:0@8", 0, "--max-restarts 1 --min-replicas 3", cfg);
-  ASSERT_TRUE(job.wait(200)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
-  const std::string log = slurp(dir_ + "/launch.log");
-  ASSERT_EQ(job.code, 0) << log;
+  const JobEnd end = run_job("kill:0@8", 0, "--max-restarts 1 --min-replicas 3", cfg, 200);
+  ASSERT_TRUE(end.finished) << "the job did not finish\n" << end.log;
+  const std::string& log = end.log;
+  ASSERT_EQ(end.code, 0) << log;
   auto ev = events();
   expect_same_final_state(ev, {"0", "1", "2"}, steps);
   EXPECT_EQ(check_history("0", ev["0"], steps), 2) << "replica 0 had two lives";
@@ -542,11 +554,10 @@ TEST_F(FaultTolerantTraining, RestartedLeadKeepsTheRunsMetrics) {
 TEST_F(FaultTolerantTraining, LeadLostForGoodASurvivorKeepsTheRecords) {
   const int steps = 30;
   auto cfg = config(steps);
-  Background job;
-  launch(job, "kill:0@8", 0, "", cfg);
-  ASSERT_TRUE(job.wait(150)) << "the job did not finish\n" << slurp(dir_ + "/launch.log");
-  const std::string log = slurp(dir_ + "/launch.log");
-  EXPECT_EQ(job.code, 0) << log;
+  const JobEnd end = run_job("kill:0@8", 0, "", cfg, 150);
+  ASSERT_TRUE(end.finished) << "the job did not finish\n" << end.log;
+  const std::string& log = end.log;
+  EXPECT_EQ(end.code, 0) << log;
   EXPECT_NE(log.find("now writes"), std::string::npos) << log;
   auto ev = events();
   expect_same_final_state(ev, {"1", "2"}, steps);
