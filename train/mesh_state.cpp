@@ -107,29 +107,38 @@ MeshState::MeshState(PipelineTrainer& trainer) : trainer_(trainer) {
   }
 }
 
-// Buffer `which` holds the local elements [lo, hi): the parameters all of
-// them, the moments optimizer_range() (a dp shard under ZeRO-1).
-MeshState::Buffer MeshState::buffer(int which) const {
+// Where buffer `which` holds which local elements: the parameters all of
+// them in the flat buffer, the moments optimizer_range() (a dp shard under
+// ZeRO-1); under ZeRO-2/3 the moments (and stage 3's parameters) are the
+// pieces of the ZeRO shard.
+std::vector<MeshState::Segment> MeshState::segments(int which) const {
   auto& opt = trainer_.optimizer();
+  ZeroOptimizer* zero = trainer_.zero();
+  float* params = trainer_.model().params().param_data();
+  if (zero && (which > 0 || zero->stage() >= 3)) {
+    float* base = which == 0 ? zero->shard_params().data() : which == 1 ? opt.exp_avg().data() : opt.exp_avg_sq().data();
+    std::vector<Segment> out;
+    for (const auto& p : zero->layout().pieces()) out.push_back({base + p.shard_begin, p.flat_begin, p.flat_end});
+    return out;
+  }
   const auto [lo, hi] = trainer_.optimizer_range();
   switch (which) {
-    case 0: return {trainer_.model().params().param_data(), 0, trainer_.model().params().numel()};
-    case 1: return {opt.exp_avg().data(), lo, hi};
-    default: return {opt.exp_avg_sq().data(), lo, hi};
+    case 0: return {{params, 0, trainer_.model().params().numel()}};
+    case 1: return {{opt.exp_avg().data(), lo, hi}};
+    default: return {{opt.exp_avg_sq().data(), lo, hi}};
   }
 }
 
 std::vector<ckpt::HeldBuffer> MeshState::held() const {
   std::vector<ckpt::HeldBuffer> out;
   out.reserve(3 * held_runs_.size());
-  for (int b = 0; b < 3; ++b) {
-    const Buffer buf = buffer(b);
-    for (const auto& run : held_runs_) {
-      const ElementRun r = clipped(run, buf.lo, buf.hi);
-      if (r.length > 0)
-        out.push_back({kBuffers[b], bytes_of(r.full_begin, r.length), buf.data + (r.local_begin - buf.lo), {}});
-    }
-  }
+  for (int b = 0; b < 3; ++b)
+    for (const Segment& seg : segments(b))
+      for (const auto& run : held_runs_) {
+        const ElementRun r = clipped(run, seg.lo, seg.hi);
+        if (r.length > 0)
+          out.push_back({kBuffers[b], bytes_of(r.full_begin, r.length), seg.data + (r.local_begin - seg.lo), {}});
+      }
   return out;
 }
 
@@ -137,12 +146,12 @@ std::vector<ckpt::ReadTarget> MeshState::read_targets() const {
   std::vector<ckpt::ReadTarget> out;
   staging_.assign(3, {});
   for (int b = 0; b < 3; ++b) {
-    const Buffer buf = buffer(b);
-    for (const auto& run : direct_runs_) {
-      const ElementRun r = clipped(run, buf.lo, buf.hi);
-      if (r.length > 0)
-        out.push_back({kBuffers[b], bytes_of(r.full_begin, r.length), buf.data + (r.local_begin - buf.lo)});
-    }
+    for (const Segment& seg : segments(b))
+      for (const auto& run : direct_runs_) {
+        const ElementRun r = clipped(run, seg.lo, seg.hi);
+        if (r.length > 0)
+          out.push_back({kBuffers[b], bytes_of(r.full_begin, r.length), seg.data + (r.local_begin - seg.lo)});
+      }
     for (const auto& c : column_slots_) {
       auto& stage = staging_[static_cast<size_t>(b)].emplace_back(static_cast<size_t>(c.rows * c.full_cols));
       out.push_back({kBuffers[b], bytes_of(c.full_offset, c.rows * c.full_cols), stage.data()});
@@ -154,18 +163,22 @@ std::vector<ckpt::ReadTarget> MeshState::read_targets() const {
 void MeshState::after_load() {
   if (staging_.size() != 3) throw Error("MeshState::after_load without read_targets()");
   for (int b = 0; b < 3; ++b) {
-    const Buffer buf = buffer(b);
+    const auto segs = segments(b);
     for (size_t k = 0; k < column_slots_.size(); ++k) {
       const auto& c = column_slots_[k];
       const float* stage = staging_[static_cast<size_t>(b)][k].data();
-      for (int64_t r = 0; r < c.rows; ++r)
-        for (const auto& col : c.columns) {
-          const ElementRun run = clipped({r * c.full_cols + col.full_begin, c.local_offset + r * c.local_cols + col.local_begin,
-                                          col.length},
-                                         buf.lo, buf.hi);
-          if (run.length > 0)
-            std::memcpy(buf.data + (run.local_begin - buf.lo), stage + run.full_begin, static_cast<size_t>(run.length) * 4);
-        }
+      for (const Segment& seg : segs) {
+        if (seg.hi <= c.local_offset || seg.lo >= c.local_offset + c.rows * c.local_cols) continue;
+        for (int64_t r = 0; r < c.rows; ++r)
+          for (const auto& col : c.columns) {
+            const ElementRun run = clipped(
+                {r * c.full_cols + col.full_begin, c.local_offset + r * c.local_cols + col.local_begin, col.length},
+                seg.lo, seg.hi);
+            if (run.length > 0)
+              std::memcpy(seg.data + (run.local_begin - seg.lo), stage + run.full_begin,
+                          static_cast<size_t>(run.length) * 4);
+          }
+      }
     }
   }
   staging_.clear();

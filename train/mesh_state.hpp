@@ -23,6 +23,8 @@
 //
 // ZeRO-1 (PipelineTrainer::optimizer_range): the moments cover only this dp
 // rank's shard of the local elements, so their runs are clipped to it.
+// ZeRO-2/3 (PipelineTrainer::zero()): the moments — and under stage 3 the
+// parameters — are the pieces of the ZeRO shard, a segment per piece.
 //
 // Cost of a save: the held ranges number ~2·width per layer and buffer under
 // tp > 1 (the row-parallel weights); the snapshot copies them as usual.
@@ -69,11 +71,12 @@ class MeshState : public CheckpointState {
     int64_t full_offset = 0, local_offset = 0, rows = 0, full_cols = 0, local_cols = 0;
     std::vector<ElementRun> columns;  // of one row: full column, local column, count
   };
-  struct Buffer {
-    float* data;     // local element lo
-    int64_t lo, hi;  // the local elements it holds
+  // Local elements [lo, hi) held at data[0, hi - lo).
+  struct Segment {
+    float* data;
+    int64_t lo, hi;
   };
-  Buffer buffer(int which) const;  // 0 params, 1 adam_m, 2 adam_v
+  std::vector<Segment> segments(int which) const;  // 0 params, 1 adam_m, 2 adam_v
 
   PipelineTrainer& trainer_;
   ckpt::StateLayout layout_;

@@ -82,7 +82,10 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
     if (pc.sequence_parallel || pc.recompute != "none" || pc.zero > 0)
       log::info("memory modes: sequence parallel {}, recompute {}, ZeRO-{}{}", pc.sequence_parallel ? "on" : "off",
                 pc.recompute, pc.zero,
-                pc.zero > 0 ? fmt::format(" (AdamW moments of {:.2f}M elements on rank 0)",
+                pc.zero > 0 ? fmt::format(" ({} of {:.2f}M elements on rank 0)",
+                                          pc.zero == 1   ? "AdamW moments"
+                                          : pc.zero == 2 ? "AdamW moments and gradients"
+                                                         : "parameters, gradients and AdamW moments",
                                           static_cast<double>(trainer.optimizer().numel()) * 1e-6)
                             : "");
     if (run_dir) log::info("run directory: {}", run_dir->path());
@@ -146,7 +149,8 @@ JobSummary run_pipeline_job(const TrainConfig& config, comm::Communicator* comm,
   // samples from a GptModel holding it.
   if (config.train.sample_tokens > 0 && !summary.stopped) {
     auto full = torch::zeros({trainer.model().full_numel()}, torch::kFloat32);
-    if (trainer.mesh().dp_rank() == 0) trainer.model().add_own_to_full(full);
+    const auto local = trainer.local_parameters();  // ZeRO-3: all-gathered over dp, on every rank
+    if (trainer.mesh().dp_rank() == 0) trainer.model().add_own_to_full(local, full);
     all_reduce_tensor_sum(full, trainer.mesh().world(), config.parallel.timeout_s);
     if (lead) {
       GptModel whole(config.model, config.train.seed);

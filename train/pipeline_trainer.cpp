@@ -51,26 +51,35 @@ PipelineTrainer::PipelineTrainer(const TrainConfig& config, const TokenDataset& 
       microbatches_(pipeline_microbatches(config.train, config.parallel)),
       chunks_(static_cast<int>(pipeline_chunks(config.parallel))),
       model_(config.model, config.train.seed, placement_of(mesh, config.parallel), mesh.tp(), config.parallel.timeout_s),
-      shard_block_(config.parallel.zero > 0 ? ceil_div(model_.params().numel(), mesh.dp_size()) : 0),
+      shard_block_(config.parallel.zero == 1 ? ceil_div(model_.params().numel(), mesh.dp_size()) : 0),
       shard_begin_(shard_block_ > 0 ? std::min(model_.params().numel(), mesh.dp_rank() * shard_block_) : 0),
-      shard_end_(shard_block_ > 0 ? std::min(model_.params().numel(), shard_begin_ + shard_block_)
-                                  : model_.params().numel()),
+      shard_end_(shard_block_ > 0               ? std::min(model_.params().numel(), shard_begin_ + shard_block_)
+                 : config.parallel.zero >= 2 ? 0  // ZeroOptimizer holds the moments
+                                             : model_.params().numel()),
       optimizer_(shard_end_ - shard_begin_,
                  {config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay}),
       sampler_(data.train().size(), config.model.context, config.train.batch_size, mesh.dp_rank(), mesh.dp_size(),
                config.train.seed) {
-  if (config.parallel.zero > 1)
-    throw ConfigError(fmt::format("parallel.zero = {} under tp/pp", config.parallel.zero),
-                      "the mesh engine shards the optimizer state only: use parallel.zero = 1 with tp/pp");
   if (mesh.tp_size() != config.parallel.tp || mesh.pp_size() != config.parallel.pp)
     throw ConfigError(fmt::format("mesh tp x pp = {} x {} but the config says {} x {}", mesh.tp_size(),
                                   mesh.pp_size(), config.parallel.tp, config.parallel.pp),
                       "build the mesh from resolve_mesh_shape(config.parallel, world)");
   validate_mesh_config(config.model, config.train, config.parallel);
   p2p_.timeout_s = config.parallel.timeout_s;
-  if (mesh.dp() && shard_block_ == 0)
+  const auto recompute = parse_recompute_mode(config.parallel.recompute);
+  model_.set_recompute(recompute);
+  if (config.parallel.zero >= 2) {
+    // The tied embedding's two copies form units of their own (see header).
+    std::vector<int> alone;
+    for (int slot : {model_.embedding(), model_.tied_embedding_copy()})
+      if (slot >= 0 && mesh.pp_size() > 1) alone.push_back(slot);
+    const auto& o = config.optim;
+    zero_ = std::make_unique<ZeroOptimizer>(
+        model_.params(), [this](BlockRunner* r) { model_.set_block_runner(r); }, mesh.dp(), config.parallel.zero,
+        recompute, AdamWHyper{o.beta1, o.beta2, o.eps, o.weight_decay}, config.parallel, alone);
+  } else if (mesh.dp() && shard_block_ == 0) {
     dp_sync_ = std::make_unique<DataParallel>(model_.params(), mesh.dp(), config.parallel);
-  model_.set_recompute(parse_recompute_mode(config.parallel.recompute));
+  }
   model_.set_sequence_parallel(config.parallel.sequence_parallel);
   GptModel layout(config.model, 0);  // only for the FLOP count (same formula as Trainer)
   flops_per_token_ = layout.flops_per_token();
@@ -123,13 +132,29 @@ void PipelineTrainer::sum_tied_embedding_gradients() {
   } else {
     return;
   }
-  auto& grad = model_.params().slot(slot).grad;
-  auto theirs = torch::empty_like(grad);
-  send(grad, peer, kTiedEmbeddingTag);
-  mesh_.pp()->recv(theirs.data_ptr(), static_cast<size_t>(theirs.nbytes()), peer, kTiedEmbeddingTag, p2p_).wait();
-  wait_sends();
-  torch::NoGradGuard no_grad;
-  grad.add_(theirs);  // a + b == b + a exactly: both copies get the same bits
+  // Under ZeRO-2/3 the copies are units of their own, sharded alike: each
+  // dp rank adds its own part (empty on both stages alike, or one piece).
+  auto parts = zero_ ? zero_gradient_parts(slot) : std::vector<torch::Tensor>{model_.params().slot(slot).grad};
+  for (auto& grad : parts) {
+    auto theirs = torch::empty_like(grad);
+    send(grad, peer, kTiedEmbeddingTag);
+    mesh_.pp()->recv(theirs.data_ptr(), static_cast<size_t>(theirs.nbytes()), peer, kTiedEmbeddingTag, p2p_).wait();
+    wait_sends();
+    torch::NoGradGuard no_grad;
+    grad.add_(theirs);  // a + b == b + a exactly: both copies get the same bits
+  }
+}
+
+std::vector<torch::Tensor> PipelineTrainer::zero_gradient_parts(int slot) {
+  std::vector<torch::Tensor> out;
+  for (auto part : zero_->own_gradient_parts(slot))
+    out.push_back(torch::from_blob(part.data(), {static_cast<int64_t>(part.size())}, torch::kFloat32));
+  return out;
+}
+
+torch::Tensor PipelineTrainer::local_parameters() {
+  if (zero_) return zero_->full_parameters();
+  return model_.params().params().clone();
 }
 
 // Averages the stage's gradients over the dp replicas: waits for the bucket
@@ -138,7 +163,7 @@ void PipelineTrainer::sum_tied_embedding_gradients() {
 // buffer keeps this replica's sums and is not read).
 void PipelineTrainer::sync_data_parallel_gradients() {
   auto* dp = mesh_.dp();
-  if (!dp) return;
+  if (!dp || zero_) return;  // ZeRO-2/3 reduce-scattered during the backwards
   if (dp_sync_) {
     dp_sync_->finish_gradient_sync();
     return;
@@ -163,6 +188,10 @@ void PipelineTrainer::sync_data_parallel_gradients() {
 // all-gather their updated shards.
 void PipelineTrainer::apply_optimizer(double lr, double grad_scale) {
   torch::NoGradGuard no_grad;
+  if (zero_) {
+    zero_->apply(zero_->optimizer().step() + 1, lr, grad_scale);
+    return;
+  }
   auto& params = model_.params();
   if (params.dtype() != torch::kFloat32) throw Error("the optimizer runs on float32 parameters");
   optimizer_.begin_step();
@@ -200,7 +229,10 @@ StepMetrics PipelineTrainer::train_step() {
   std::vector<torch::Tensor> batches;
   for (int64_t i = 0; i < M; ++i) batches.push_back(load_windows(data_.train(), sampler_.next_offsets()));
 
-  model_.params().zero_grads();
+  if (zero_)
+    zero_->begin_step();
+  else
+    model_.params().zero_grads();
   timing_ = {};
   Stopwatch pipeline_clock;
   // Per (chunk, micro-batch): the received input and the chunk's output.
@@ -221,6 +253,7 @@ StepMetrics PipelineTrainer::train_step() {
         input = receive({B, t, C}, prev, activation_tag(action.microbatch, u, virtual_stages)).requires_grad_(true);
         inputs[slot] = input;
       }
+      if (zero_) zero_->prepare_units(model_.outer_slots(action.chunk), false);
       auto out = model_.forward(input, action.chunk);
       if (last_v) {
         auto loss = torch::cross_entropy_loss(out.reshape({-1, vocab}), batches[mb].narrow(1, 1, T).reshape({-1}));
@@ -234,6 +267,7 @@ StepMetrics PipelineTrainer::train_step() {
       // The stage's last backward completes its gradients: the dp buckets
       // launch from its hooks.
       if (dp_sync_) dp_sync_->begin_backward(i + 1 == actions.size());
+      if (zero_) zero_->prepare_units(model_.outer_slots(action.chunk), true);
       if (last_v) {
         outputs[slot].backward();
       } else {
@@ -243,6 +277,7 @@ StepMetrics PipelineTrainer::train_step() {
       if (!first_v) send(inputs[slot].grad(), prev, gradient_tag(action.microbatch, u - 1, virtual_stages));
       inputs[slot] = torch::Tensor();  // this micro-batch's activations can go
       outputs[slot] = torch::Tensor();
+      if (zero_) zero_->finish_micro_step();  // the shards take this micro-batch's reduce-scatters
     }
   }
   wait_sends();
@@ -254,16 +289,23 @@ StepMetrics PipelineTrainer::train_step() {
   // comes last: it leaves only the own shard averaged.
   Stopwatch sync_clock;
   if (dp_sync_) sync_data_parallel_gradients();
-  model_.sync_sequence_parallel_grads();
+  if (zero_)
+    model_.sync_sequence_parallel_grads([this](int slot) { return zero_gradient_parts(slot); });
+  else
+    model_.sync_sequence_parallel_grads();
   sum_tied_embedding_gradients();
   if (!dp_sync_) sync_data_parallel_gradients();  // ZeRO-1: the shards need the whole sums first
 
   // Loss and global norm: each rank adds what it alone accounts for (with
   // ZeRO-1 every dp rank its shard of the averaged gradient).
   const bool counts_loss = mesh_.last_stage() && mesh_.tp_rank() == 0;
-  const bool counts_norm = shard_block_ > 0 || mesh_.dp_rank() == 0;
-  std::vector<double> v = {counts_loss ? loss_sum / static_cast<double>(M) : 0.0,
-                           counts_norm ? model_.grad_sum_of_squares_share(shard_begin_, shard_end_) : 0.0};
+  const bool counts_norm = zero_ || shard_block_ > 0 || mesh_.dp_rank() == 0;
+  double norm_share = 0;
+  if (zero_)
+    norm_share = zero_->grad_sum_of_squares([this](int slot) { return model_.counted_in_norm(slot); });
+  else if (counts_norm)
+    norm_share = model_.grad_sum_of_squares_share(shard_begin_, shard_end_);
+  std::vector<double> v = {counts_loss ? loss_sum / static_cast<double>(M) : 0.0, norm_share};
   for (int k = 0; k < kStepRequestKinds; ++k) v.push_back((local_requests_ >> k) & 1u ? 1.0 : 0.0);
   local_requests_ = 0;
   all_reduce_sum(mesh_.world(), v, config_.parallel.timeout_s);
@@ -286,7 +328,7 @@ StepMetrics PipelineTrainer::train_step() {
   m.step_s = step_clock.seconds();
   // Waiting for neighbours and the gradient sync are the exposed
   // communication; the tp all-reduces inside the blocks count as compute.
-  m.comm_exposed_s = timing_.bubble_s + sync_s;
+  m.comm_exposed_s = timing_.bubble_s + sync_s + (zero_ ? zero_->take_comm_wait_s() : 0.0);
   m.comm_s = m.comm_exposed_s;
   m.compute_s = std::max(0.0, m.step_s - m.comm_exposed_s);
   m.bytes_sent = bytes_sent_on(mesh_) - sent_before;
@@ -325,6 +367,7 @@ std::optional<double> PipelineTrainer::evaluate() {
     for (int v = 0; v < chunks_; ++v) {  // this stage's chunks, in order
       const int u = v * stages + stage;
       auto x = u == 0 ? batch.narrow(1, 0, T) : receive({rows, model_.local_sequence(T), C}, prev, kEvalTag);
+      if (zero_) zero_->prepare_units(model_.outer_slots(v), false);
       out = model_.forward(x, v);
       if (u != last_virtual) send(out, next, kEvalTag);
     }

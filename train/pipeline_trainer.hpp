@@ -25,8 +25,22 @@
 // local elements [d·⌈n/dp⌉, (d+1)·⌈n/dp⌉) — the gradients are
 // reduce-scattered instead of all-reduced, each dp rank updates its own
 // range, and the parameters are all-gathered. Bytes sent are the same as one
-// all-reduce; the moments (8 bytes per parameter) shrink by dp. Stages 2 and
-// 3 are not combined with tp/pp (train_config.cpp says why).
+// all-reduce; the moments (8 bytes per parameter) shrink by dp.
+//
+// parallel.zero = 2 / 3: the stage's flat buffers are handed to a
+// ZeroOptimizer over the dp group (train/zero.hpp), which runs the stage's
+// blocks: every backward action reduce-scatters each block's gradient as it
+// completes and keeps only the own shard (stage 2), and stage 3 also
+// all-gathers a block's parameters before its forward and its backward and
+// frees them after. The pipeline interleaves micro-batches, so this costs a
+// reduce-scatter (and two all-gathers) per micro-batch and block instead of
+// one per step — DeepSpeed refuses ZeRO-2/3 with pipelines for that reason;
+// braid allows it, since it is what makes a stage fit. The trainer prepares
+// the units outside the blocks (embeddings, final norm) for each action; the
+// tied embedding is a unit by itself on the first and last stage, so its two
+// copies shard alike and their gradients are added shard by shard, as are
+// the sequence-parallel partial sums over tp (a stage's tp ranks share one
+// local layout).
 //
 // The step is the same math as Trainer on one process with batch_size·dp
 // sequences and M accumulation steps; tests check K steps to 1e-5.
@@ -50,6 +64,7 @@
 #include "train/pipeline_schedule.hpp"
 #include "train/tensor_parallel_gpt.hpp"
 #include "train/token_dataset.hpp"
+#include "train/zero.hpp"
 #include "train/trainer.hpp"
 
 namespace braid::train {
@@ -82,10 +97,16 @@ class PipelineTrainer {
   double ideal_bubble_share() const;
   const TrainConfig& config() const { return config_; }
   TensorParallelGpt& model() { return model_; }
-  FlatAdamW& optimizer() { return optimizer_; }
+  FlatAdamW& optimizer() { return zero_ ? zero_->optimizer() : optimizer_; }
+  // ZeRO-2/3 (null otherwise): the optimizer that holds the stage's moments,
+  // gradient shard and (stage 3) parameter shard.
+  ZeroOptimizer* zero() { return zero_.get(); }
+  // A copy of the stage's local flat parameters (ZeRO-3 all-gathers them
+  // over dp: every dp rank must call it).
+  torch::Tensor local_parameters();
   // The local flat elements [first, second) whose moments optimizer() holds
   // (moment i is element first + i): the whole stage, or with ZeRO-1 this dp
-  // rank's shard.
+  // rank's shard. Not used under ZeRO-2/3 (zero()->layout().pieces()).
   std::pair<int64_t, int64_t> optimizer_range() const { return {shard_begin_, shard_end_}; }
   BatchSampler& sampler() { return sampler_; }
   ParallelMesh& mesh() { return mesh_; }
@@ -103,6 +124,7 @@ class PipelineTrainer {
   void sum_tied_embedding_gradients();
   void sync_data_parallel_gradients();
   void apply_optimizer(double lr, double grad_scale);
+  std::vector<torch::Tensor> zero_gradient_parts(int slot);
 
   TrainConfig config_;
   const TokenDataset& data_;
@@ -114,7 +136,8 @@ class PipelineTrainer {
   int64_t shard_block_ = 0;                  // ZeRO-1: ⌈n/dp⌉ (0 without)
   int64_t shard_begin_ = 0, shard_end_ = 0;  // optimizer_range()
   FlatAdamW optimizer_;
-  std::unique_ptr<DataParallel> dp_sync_;  // dp > 1 without ZeRO-1
+  std::unique_ptr<DataParallel> dp_sync_;  // dp > 1 without ZeRO
+  std::unique_ptr<ZeroOptimizer> zero_;    // ZeRO-2/3
   BatchSampler sampler_;
   comm::CollectiveOptions p2p_;
   std::vector<std::pair<comm::Work, torch::Tensor>> pending_sends_;

@@ -65,6 +65,7 @@ TensorParallelGpt::TensorParallelGpt(const ModelConfig& config, uint64_t seed, c
     b.mlp_proj_w = add(full, n("mlp.proj.weight"), pieces(mlp_cols));
     b.mlp_proj_b = add(full, n("mlp.proj.bias"), {});
     blocks_.push_back(b);
+    block_layers_.push_back(l);
   }
   if (place.last_stage()) {
     lnf_w_ = add(full, "lnf.weight", {});
@@ -150,10 +151,12 @@ void TensorParallelGpt::copy_from_full(const torch::Tensor& full_flat) {
 
 void TensorParallelGpt::copy_to_full(torch::Tensor& full_flat) const { gather_to_full(params_.params(), full_flat); }
 
-void TensorParallelGpt::add_own_to_full(torch::Tensor& full_flat) const {
+void TensorParallelGpt::add_own_to_full(torch::Tensor& full_flat) const { add_own_to_full(params_.params(), full_flat); }
+
+void TensorParallelGpt::add_own_to_full(const torch::Tensor& local_flat, torch::Tensor& full_flat) const {
   torch::NoGradGuard no_grad;
   auto mine = torch::zeros_like(full_flat);
-  auto local = params_.params().clone();
+  auto local = local_flat.clone();
   for (size_t i = 0; i < sharding_.size(); ++i)
     if (!sharding_[i].counted_in_norm) local_view(local, static_cast<int>(i)).zero_();
   gather_to_full(local, mine);
@@ -180,12 +183,18 @@ void TensorParallelGpt::set_sequence_parallel(bool on) {
   sequence_parallel_ = on && place_.tp > 1;
 }
 
-void TensorParallelGpt::sync_sequence_parallel_grads() {
+void TensorParallelGpt::sync_sequence_parallel_grads(const std::function<std::vector<torch::Tensor>(int slot)>& parts) {
   if (!sequence_parallel_) return;
   std::vector<torch::Tensor> grads;
   for (const auto& b : blocks_)
-    for (int slot : {b.ln1_w, b.ln1_b, b.attn_proj_b, b.ln2_w, b.ln2_b, b.mlp_proj_b})
-      grads.push_back(params_.slots()[static_cast<size_t>(slot)].grad.view({-1}));
+    for (int slot : {b.ln1_w, b.ln1_b, b.attn_proj_b, b.ln2_w, b.ln2_b, b.mlp_proj_b}) {
+      if (!parts) {
+        grads.push_back(params_.slots()[static_cast<size_t>(slot)].grad.view({-1}));
+        continue;
+      }
+      for (auto& g : parts(slot))
+        if (g.numel() > 0) grads.push_back(g);
+    }
   if (grads.empty()) return;
   torch::NoGradGuard no_grad;
   auto packed = torch::cat(grads);
@@ -195,6 +204,17 @@ void TensorParallelGpt::sync_sequence_parallel_grads() {
     g.copy_(packed.narrow(0, at, g.numel()));
     at += g.numel();
   }
+}
+
+std::vector<int> TensorParallelGpt::outer_slots(int chunk) const {
+  std::vector<int> slots;
+  if (place_.first_stage() && chunk == 0) slots = {wte_, wpe_};
+  if (place_.last_stage() && chunk == place_.chunks - 1) {
+    slots.push_back(lnf_w_);
+    slots.push_back(lnf_b_);
+    if (wte_copy_) slots.push_back(wte_);
+  }
+  return slots;
 }
 
 torch::Tensor TensorParallelGpt::forward(const torch::Tensor& input, int chunk) {
@@ -237,7 +257,8 @@ torch::Tensor TensorParallelGpt::forward(const torch::Tensor& input, int chunk) 
       h = train::gelu(torch::linear(h, p(b.fc_w), p(b.fc_b)));
       return leave(torch::linear(h, p(b.mlp_proj_w))) + p(b.mlp_proj_b);
     };
-    x = run_block_recomputing(recompute_, parts, x);
+    x = block_runner_ ? block_runner_->run_block(block_layers_[static_cast<size_t>(i)], x, parts)
+                      : run_block_recomputing(recompute_, parts, x);
   }
   if (!heads) return x;
   if (sp) x = unsplit_sequence(x, tp_, timeout_s_);

@@ -35,6 +35,7 @@
 // (tp, pp) layout starts from the same numbers as one process.
 #include "train/pch.hpp"
 
+#include <functional>
 #include <vector>
 
 #include "comm/communicator.hpp"
@@ -79,6 +80,9 @@ class TensorParallelGpt {
   TensorParallelGpt& operator=(const TensorParallelGpt&) = delete;
 
   void set_recompute(RecomputeMode mode) { recompute_ = mode; }
+  // Runs every block through `runner` (ZeRO-2/3: train/zero.hpp) instead of
+  // the recomputation mode alone; null restores the plain way.
+  void set_block_runner(BlockRunner* runner) { block_runner_ = runner; }
   // Throws ConfigError if tp does not divide the context.
   void set_sequence_parallel(bool on);
   bool sequence_parallel() const { return sequence_parallel_; }
@@ -93,7 +97,15 @@ class TensorParallelGpt {
   // Sequence parallelism: sums the partial gradients of the replicated
   // parameters inside the sequence-split region over the tp group (one
   // all-reduce; every tp rank must call it after backward). No-op otherwise.
-  void sync_sequence_parallel_grads();
+  // `parts` (ZeRO-2/3, which keep only a shard of each gradient) gives the
+  // pieces of a slot's gradient this rank holds; the tp ranks of a stage
+  // share one local layout, so their pieces match. Default: the whole grad.
+  void sync_sequence_parallel_grads(const std::function<std::vector<torch::Tensor>(int slot)>& parts = {});
+  // The slots a chunk uses outside its blocks: embeddings (first chunk of the
+  // first stage), final norm and tied output layer (last chunk of the last).
+  std::vector<int> outer_slots(int chunk) const;
+  // Whether slot's gradient counts in this rank's share of the global norm.
+  bool counted_in_norm(int slot) const { return sharding_.at(static_cast<size_t>(slot)).counted_in_norm; }
 
   // This rank's elements of the full model's flat parameter buffer (layout of
   // GptModel(config)): copy_from_full reads them, copy_to_full writes them
@@ -105,6 +117,9 @@ class TensorParallelGpt {
   // tied embedding on the first stage) into `full_flat`; summed over one
   // model replica's ranks it is the whole parameter vector.
   void add_own_to_full(torch::Tensor& full_flat) const;
+  // The same from a copy of the local parameters (ZeRO-3 releases the flat
+  // buffer: PipelineTrainer::local_parameters()).
+  void add_own_to_full(const torch::Tensor& local_flat, torch::Tensor& full_flat) const;
   // The same, for any buffer in parameter layout (gradients, Adam moments).
   void scatter_from_full(const torch::Tensor& full_flat, torch::Tensor& local_flat) const;
   void gather_to_full(const torch::Tensor& local_flat, torch::Tensor& full_flat) const;
@@ -160,6 +175,8 @@ class TensorParallelGpt {
   int wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1;
   bool wte_copy_ = false;
   std::vector<Block> blocks_;
+  std::vector<int64_t> block_layers_;  // the model's layer index of each of blocks_
+  BlockRunner* block_runner_ = nullptr;
   RecomputeMode recompute_ = RecomputeMode::None;
   bool sequence_parallel_ = false;
 };

@@ -135,16 +135,6 @@ TrainConfig TrainConfig::from_unchecked(Config& doc) {
   p.chunks = doc.get_int("parallel.chunks", p.chunks, 0, 1024);
   p.zero = doc.get_int("parallel.zero", p.zero, 0, 3);
   p.recompute = doc.get_choice("parallel.recompute", p.recompute, {"none", "selective", "full"});
-  // The mesh engine accumulates every micro-batch's gradients in the stage's
-  // whole gradient buffer (the pipeline interleaves micro-batches), so
-  // sharding gradients or parameters would cost a reduce-scatter / all-gather
-  // per micro-batch; DeepSpeed refuses ZeRO-2/3 with pipelines for the same
-  // reason. Stage 1 (sharded optimizer state) composes.
-  if ((p.tp > 1 || p.pp > 1) && p.zero > 1)
-    throw ConfigError(fmt::format("{}: parallel.zero = {} is not combined with tp = {} / pp = {}: the mesh engine "
-                                  "accumulates micro-batch gradients in each stage's whole gradient buffer",
-                                  src, p.zero, p.tp, p.pp),
-                      "use parallel.zero = 1 (sharded optimizer state) with tp/pp, or ZeRO-2/3 with tp = pp = 1");
   validate_mesh_config(c.model, c.train, p);  // train/parallel_mesh.hpp: what must divide what
 
   auto& f = c.fault;

@@ -64,13 +64,16 @@ class BeforeBlockBackward : public torch::autograd::Function<BeforeBlockBackward
 
 // ---------------------------------------------------------------- layout
 
-ZeroLayout::ZeroLayout(const FlatParameters& params, int world, int rank) : world_(world), rank_(rank) {
+ZeroLayout::ZeroLayout(const FlatParameters& params, int world, int rank, const std::vector<int>& alone)
+    : world_(world), rank_(rank) {
   if (world < 1 || rank < 0 || rank >= world) throw Error(fmt::format("ZeRO: rank {} of {} ranks", rank, world));
   const auto& slots = params.slots();
   unit_of_slot_.assign(slots.size(), -1);
+  auto is_alone = [&](size_t i) { return std::find(alone.begin(), alone.end(), static_cast<int>(i)) != alone.end(); };
   for (size_t i = 0; i < slots.size(); ++i) {
     int layer = layer_of(slots[i].name);
-    bool same = !units_.empty() && units_.back().layer == layer && units_.back().end == slots[i].offset;
+    bool same = !units_.empty() && units_.back().layer == layer && units_.back().end == slots[i].offset &&
+                !is_alone(i) && !is_alone(i - 1);
     if (!same) {
       ZeroUnit u;
       u.begin = u.end = slots[i].offset;
@@ -96,7 +99,7 @@ ZeroLayout::ZeroLayout(const FlatParameters& params, int world, int rank) : worl
     for (int s : u.slots) {
       const auto& slot = slots[static_cast<size_t>(s)];
       int64_t a = std::max(own_begin, slot.offset), b = std::min(own_end, slot.offset + slot.numel);
-      if (a < b) pieces_.push_back({a, b, u.shard_offset + (a - own_begin), slot.decay});
+      if (a < b) pieces_.push_back({a, b, u.shard_offset + (a - own_begin), slot.decay, s});
     }
   }
 }
@@ -122,14 +125,21 @@ struct ZeroOptimizer::UnitState {
 
 ZeroOptimizer::ZeroOptimizer(GptModel& model, comm::Communicator* comm, int stage, RecomputeMode recompute,
                              const AdamWHyper& hyper, const ParallelConfig& config)
-    : model_(model),
+    : ZeroOptimizer(model.params(), [&model](BlockRunner* r) { model.set_block_runner(r); }, comm, stage, recompute,
+                    hyper, config) {}
+
+ZeroOptimizer::ZeroOptimizer(FlatParameters& params, std::function<void(BlockRunner*)> install,
+                             comm::Communicator* comm, int stage, RecomputeMode recompute, const AdamWHyper& hyper,
+                             const ParallelConfig& config, const std::vector<int>& alone)
+    : params_(params),
+      install_(std::move(install)),
       comm_(comm && comm->size() > 1 ? comm : nullptr),
       stage_(stage),
       recompute_(recompute),
-      layout_(model.params(), comm ? comm->size() : 1, comm ? comm->rank() : 0),
+      layout_(params, comm ? comm->size() : 1, comm ? comm->rank() : 0, alone),
       adam_(layout_.shard_numel(), hyper) {
   if (stage < 1 || stage > 3) throw ConfigError(fmt::format("parallel.zero = {} is not a ZeRO stage", stage), "use 0, 1, 2 or 3");
-  auto& flat = model.params();
+  auto& flat = params;
   if (flat.dtype() != torch::kFloat32) throw Error("ZeRO runs on float32 parameters");
   collective_.algo = comm::parse_algo(config.algo);
   collective_.timeout_s = config.timeout_s;
@@ -199,14 +209,14 @@ ZeroOptimizer::ZeroOptimizer(GptModel& model, comm::Communicator* comm, int stag
       accumulators_.push_back(std::move(acc));
     }
   }
-  model.set_block_runner(this);
+  install_(this);
   // The model was built whole (every rank initialises every parameter from
   // the seed) before it was sharded; peaks count from the sharded state.
   reset_peaks();
 }
 
 ZeroOptimizer::~ZeroOptimizer() {
-  model_.set_block_runner(nullptr);
+  install_(nullptr);
   for (size_t i = 0; i < accumulators_.size(); ++i) accumulators_[i]->del_post_hook(hook_keys_[i]);
   // Collectives still in flight write into our buffers: let them finish.
   for (auto& u : units_) {
@@ -218,8 +228,8 @@ ZeroOptimizer::~ZeroOptimizer() {
   }
 }
 
-float* ZeroOptimizer::flat_params() { return model_.params().param_data(); }
-float* ZeroOptimizer::flat_grads() { return model_.params().grad_data(); }
+float* ZeroOptimizer::flat_params() { return params_.param_data(); }
+float* ZeroOptimizer::flat_grads() { return params_.grad_data(); }
 
 void ZeroOptimizer::reset_peaks() {
   for (auto* t : {&memory_.params, &memory_.grads, &memory_.optimizer}) t->peak = t->current;
@@ -228,6 +238,7 @@ void ZeroOptimizer::reset_peaks() {
 // ------------------------------------------------------------ parameters
 
 void ZeroOptimizer::launch_gather(int k) {
+  if (k < 0) return;  // a block this stage does not hold
   auto& st = *units_[static_cast<size_t>(k)];
   if (stage_ < 3 || st.gathered || st.gather_pending) return;
   const auto& u = layout_.units()[static_cast<size_t>(k)];
@@ -342,19 +353,25 @@ void ZeroOptimizer::finish_micro_step() {
     std::rethrow_exception(e);
   }
   // A unit whose parameters did not all get a gradient still reduces (in
-  // unit order, the same on every rank).
-  for (size_t k = 0; k < units_.size(); ++k)
-    if (units_[k]->grad_live && std::find(reduce_queue_.begin(), reduce_queue_.end(), static_cast<int>(k)) == reduce_queue_.end())
+  // unit order, the same on every rank); one that got none stays armed for
+  // a later backward (a pipeline stage's other model chunk).
+  for (size_t k = 0; k < units_.size(); ++k) {
+    const auto& st = *units_[k];
+    const bool untouched = st.pending_grads == static_cast<int>(layout_.units()[k].slots.size());
+    if (st.grad_live && !untouched &&
+        std::find(reduce_queue_.begin(), reduce_queue_.end(), static_cast<int>(k)) == reduce_queue_.end())
       launch_reduce(static_cast<int>(k));
+  }
   complete_reduces(true);
 }
 
-double ZeroOptimizer::grad_sum_of_squares() const {
+double ZeroOptimizer::grad_sum_of_squares(const std::function<bool(int slot)>& counts) const {
   double s = 0;
   for (const auto& p : layout_.pieces()) {
+    if (counts && !counts(p.slot)) continue;
     const int64_t len = p.flat_end - p.flat_begin;
     const float* g = stage_ >= 2 ? shard_grads_.data() + p.shard_begin
-                                 : model_.params().grads().data_ptr<float>() + p.flat_begin;
+                                 : params_.grads().data_ptr<float>() + p.flat_begin;
     double part = 0;
     for (int64_t i = 0; i < len; ++i) part += static_cast<double>(g[i]) * static_cast<double>(g[i]);
     s += part;
@@ -413,8 +430,8 @@ void ZeroOptimizer::gather_all() {
 }
 
 torch::Tensor ZeroOptimizer::full_parameters() {
-  if (stage_ < 3) return model_.params().params().clone();
-  auto out = torch::empty({model_.params().numel()}, torch::kFloat32);
+  if (stage_ < 3) return params_.params().clone();
+  auto out = torch::empty({params_.numel()}, torch::kFloat32);
   for (size_t k = 0; k < units_.size(); ++k) {
     const auto& u = layout_.units()[k];
     bool was = units_[k]->gathered;
@@ -426,6 +443,23 @@ torch::Tensor ZeroOptimizer::full_parameters() {
 }
 
 // ------------------------------------------------------------ the runner
+
+void ZeroOptimizer::prepare_units(const std::vector<int>& slots, bool backward) {
+  for (int slot : slots) {
+    const int k = layout_.unit_of_slot(slot);
+    wait_gather(k);
+    if (backward) arm_grads(k);
+  }
+}
+
+std::vector<std::span<float>> ZeroOptimizer::own_gradient_parts(int slot) {
+  if (stage_ < 2) throw Error("ZeRO: own_gradient_parts needs stage 2 or 3 (stage 1 keeps whole gradients)");
+  std::vector<std::span<float>> parts;
+  for (const auto& p : layout_.pieces())
+    if (p.slot == slot)
+      parts.emplace_back(shard_grads_.data() + p.shard_begin, static_cast<size_t>(p.flat_end - p.flat_begin));
+  return parts;
+}
 
 void ZeroOptimizer::begin_forward() {
   // Embeddings and the final norm stay gathered (stage 3) and armed
@@ -447,7 +481,7 @@ torch::Tensor ZeroOptimizer::run_block(int64_t layer, const torch::Tensor& x, co
   }
   const int k = layout_.unit_of_layer(layer);
   wait_gather(k);
-  if (layer + 1 < static_cast<int64_t>(model_.config().layers)) launch_gather(layout_.unit_of_layer(layer + 1));
+  launch_gather(layout_.find_unit_of_layer(layer + 1));
   auto y = run_block_recomputing(recompute_, parts, x);
   if (torch::GradMode::is_enabled() && y.requires_grad()) y = BeforeBlockBackward::apply(y, this, k);
   release_params(k);
@@ -457,7 +491,7 @@ torch::Tensor ZeroOptimizer::run_block(int64_t layer, const torch::Tensor& x, co
 void ZeroOptimizer::before_block_backward(int k) {
   wait_gather(k);
   const int layer = layout_.units()[static_cast<size_t>(k)].layer;
-  if (stage_ >= 3 && layer > 0) launch_gather(layout_.unit_of_layer(layer - 1));  // prefetch
+  if (stage_ >= 3) launch_gather(layout_.find_unit_of_layer(layer - 1));  // prefetch
   arm_grads(k);
 }
 

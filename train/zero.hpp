@@ -35,6 +35,7 @@
 #include "train/pch.hpp"
 
 #include <exception>
+#include <functional>
 #include <memory>
 #include <span>
 #include <utility>
@@ -67,13 +68,17 @@ struct ZeroPiece {
   int64_t flat_end = 0;
   int64_t shard_begin = 0;
   bool decay = false;
+  int slot = -1;  // the parameter (FlatParameters slot)
 };
 
 // The sharding itself: depends only on the parameter layout and N, so every
 // rank computes the same one (and a checkpoint loader can recompute it).
+// Slots listed in `alone` form a unit by themselves (the mesh engine's tied
+// embedding: its two copies on the first and last pipeline stage then shard
+// alike, so their gradients can be added shard by shard).
 class ZeroLayout {
  public:
-  ZeroLayout(const FlatParameters& params, int world, int rank);
+  ZeroLayout(const FlatParameters& params, int world, int rank, const std::vector<int>& alone = {});
   const std::vector<ZeroUnit>& units() const { return units_; }
   const std::vector<ZeroPiece>& pieces() const { return pieces_; }  // this rank's, in flat order
   int64_t shard_numel() const { return shard_numel_; }
@@ -81,6 +86,12 @@ class ZeroLayout {
   std::pair<int64_t, int64_t> owned(const ZeroUnit& u, int r) const;
   int unit_of_slot(int slot) const { return unit_of_slot_[static_cast<size_t>(slot)]; }
   int unit_of_layer(int64_t layer) const { return unit_of_layer_.at(static_cast<size_t>(layer)); }
+  // The unit of block `layer`, or -1 if these parameters do not hold it (a
+  // pipeline stage holds some of the blocks).
+  int find_unit_of_layer(int64_t layer) const {
+    return layer >= 0 && static_cast<size_t>(layer) < unit_of_layer_.size() ? unit_of_layer_[static_cast<size_t>(layer)]
+                                                                             : -1;
+  }
   int world() const { return world_; }
   int rank() const { return rank_; }
 
@@ -107,6 +118,14 @@ class ZeroOptimizer : public BlockRunner {
   // parameters (same seed), as data parallelism does.
   ZeroOptimizer(GptModel& model, comm::Communicator* comm, int stage, RecomputeMode recompute,
                 const AdamWHyper& hyper, const ParallelConfig& config);
+  // Any model over flat buffers that runs its blocks through a BlockRunner
+  // (the mesh engine's TensorParallelGpt): `install` sets or clears the
+  // model's runner; `alone` as in ZeroLayout. Such a model drives the units
+  // outside the blocks itself (prepare_units), since a pipeline stage runs
+  // several micro-batches' forwards and backwards interleaved.
+  ZeroOptimizer(FlatParameters& params, std::function<void(BlockRunner*)> install, comm::Communicator* comm,
+                int stage, RecomputeMode recompute, const AdamWHyper& hyper, const ParallelConfig& config,
+                const std::vector<int>& alone = {});
   ~ZeroOptimizer() override;
   ZeroOptimizer(const ZeroOptimizer&) = delete;
   ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
@@ -116,10 +135,22 @@ class ZeroOptimizer : public BlockRunner {
   void finish_micro_step();  // after each backward: completes the reduce-scatters (stages 2, 3)
   // Σ g² over this rank's own part of the averaged gradient (the sum over
   // ranks is the squared global norm).
-  double grad_sum_of_squares() const;
+  // `counts`, if given, picks the slots that count (the mesh engine counts a
+  // replicated parameter on one tp rank only).
+  double grad_sum_of_squares(const std::function<bool(int slot)>& counts = {}) const;
   // AdamW on the own shard at Adam step `adam_step` (>= 1); stages 1 and 2
   // then all-gather the parameters into the flat buffer.
   void apply(int64_t adam_step, double lr, double grad_scale);
+
+  // Before a forward or backward that uses these parameters outside the
+  // blocks (embeddings, final norm): gathers their units (stage 3) and, for
+  // a backward, arms their gradient buffers (stages 2, 3). Idempotent.
+  void prepare_units(const std::vector<int>& slots, bool backward);
+  // Stages 2 and 3: this rank's part of the averaged gradient of `slot`
+  // (after finish_micro_step), as spans of the shard: what a caller adds up
+  // across other groups (the tied embedding's copies, sequence-parallel
+  // partial sums).
+  std::vector<std::span<float>> own_gradient_parts(int slot);
 
   // BlockRunner: gathers (stage 3), arms gradient buffers (stages 2, 3),
   // applies the recomputation mode.
@@ -165,7 +196,8 @@ class ZeroOptimizer : public BlockRunner {
   float* flat_params();
   float* flat_grads();
 
-  GptModel& model_;
+  FlatParameters& params_;
+  std::function<void(BlockRunner*)> install_;
   comm::Communicator* comm_;
   int stage_;
   RecomputeMode recompute_;

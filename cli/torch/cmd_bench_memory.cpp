@@ -179,6 +179,13 @@ int64_t mesh_rank_elements(const BenchMemoryArgs& a, const MeshMode& m, int stag
   return n;
 }
 
+// Steady-state bytes of a rank holding n elements of its stage: ZeRO-1 shards
+// the moments over dp, ZeRO-2 the gradients too, ZeRO-3 the parameters too.
+ModelStateBytes mesh_expected(double n, int zero, int dp) {
+  const double shard = std::ceil(n / dp);
+  return {4 * (zero >= 3 ? shard : n), 4 * (zero >= 2 ? shard : n), 8 * (zero >= 1 ? shard : n)};
+}
+
 train::TrainConfig mesh_config(const BenchMemoryArgs& a, const MeshMode& m) {
   auto c = job_config(a, m.zero, "none");
   c.parallel.dp = m.dp;
@@ -194,9 +201,8 @@ MeshResult run_mesh_mode(const BenchMemoryArgs& a, const MeshMode& mode) {
   MeshResult res;
   res.mode = mode;
   for (int stage = 0; stage < mode.pp; ++stage) {
-    const double n = static_cast<double>(mesh_rank_elements(a, mode, stage));
-    const double moments = mode.zero > 0 ? std::ceil(n / mode.dp) : n;
-    if (4 * n + 4 * n + 8 * moments > res.expected.total()) res.expected = {4 * n, 4 * n, 8 * moments};
+    const auto e = mesh_expected(static_cast<double>(mesh_rank_elements(a, mode, stage)), mode.zero, mode.dp);
+    if (e.total() > res.expected.total()) res.expected = e;
   }
   const auto cfg = mesh_config(a, mode);
   const auto& data = synthetic_corpus(a.context);
@@ -216,7 +222,14 @@ MeshResult run_mesh_mode(const BenchMemoryArgs& a, const MeshMode& mode) {
     }
     const double seconds = sw.seconds();
     const double n = static_cast<double>(t.model().params().numel());
-    per_rank[static_cast<size_t>(comm.rank())] = {4 * n, 4 * n, 8 * static_cast<double>(t.optimizer().numel())};
+    auto& mine = per_rank[static_cast<size_t>(comm.rank())];
+    if (auto* z = t.zero()) {  // ZeRO-2/3: the optimizer's accounted peaks (gathered blocks included)
+      const auto& mem = z->memory();
+      mine = {static_cast<double>(mem.params.peak), static_cast<double>(mem.grads.peak),
+              static_cast<double>(mem.optimizer.peak)};
+    } else {
+      mine = {4 * n, 4 * n, 8 * static_cast<double>(t.optimizer().numel())};
+    }
     if (comm.rank() != 0) return;
     res.tokens_per_s = static_cast<double>(t.tokens_per_step()) * a.steps / seconds;
     res.final_loss = m.loss;
@@ -241,7 +254,9 @@ std::vector<MeshMode> mesh_modes(const BenchMemoryArgs& a) {
   if (tp2) out.push_back({fmt::format("dp{}xtp2", half), half, 2, 1});
   if (pp2) out.push_back({fmt::format("dp{}xpp2", half), half, 1, 2});
   if (a.layers % 4 == 0) out.push_back({fmt::format("dp{}xpp2+il", half), half, 1, 2, 0, false, "interleaved"});
-  if (tp2 && half > 1) out.push_back({fmt::format("dp{}xtp2+z1", half), half, 2, 1, 1});
+  if (tp2 && half > 1)
+    for (int zero : {1, 2, 3}) out.push_back({fmt::format("dp{}xtp2+z{}", half, zero), half, 2, 1, zero});
+  if (pp2 && half > 1) out.push_back({fmt::format("dp{}xpp2+z3", half), half, 1, 2, 3});
   if (tp2 && pp2 && a.ranks % 4 == 0) {
     const int dp = a.ranks / 4;
     const std::string prefix = dp > 1 ? fmt::format("dp{}x", dp) : "";
@@ -361,7 +376,7 @@ int run_bench_memory(const BenchMemoryArgs& a) {
       // The formula alone decides whether the mode is run.
       for (int stage = 0; stage < mode.pp; ++stage) {
         const double n = static_cast<double>(mesh_rank_elements(a, mode, stage));
-        const double need = 16 * n - (mode.zero > 0 ? 8 * n * (1 - 1.0 / mode.dp) : 0) + acts_here;
+        const double need = mesh_expected(n, mode.zero, mode.dp).total() + acts_here;
         if (need > static_cast<double>(limit)) probe.note = fmt::format("does not fit --mem-limit: needs {} MiB per rank", mib(need));
       }
     }

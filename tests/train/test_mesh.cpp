@@ -90,11 +90,6 @@ TEST(Mesh, WhatDoesNotDivideIsAConfigErrorNamingTheConstraint) {
   EXPECT_NE(config_error("[train]\ngrad_accum = 2\n[parallel]\nmicrobatches = 3\n").find("grad_accum"),
             std::string::npos);
   EXPECT_NE(config_error("[parallel]\ntp = 0\n").find("parallel.tp"), std::string::npos);
-  // ZeRO-1 composes with tp/pp; stages 2 and 3 are refused with the way out.
-  EXPECT_NE(config_error("[model]\nheads = 4\n[parallel]\ntp = 2\nzero = 2\n").find("micro-batch gradients"),
-            std::string::npos);
-  EXPECT_NE(config_error("[model]\nlayers = 4\n[parallel]\npp = 2\nzero = 3\n").find("micro-batch gradients"),
-            std::string::npos);
 }
 
 TEST(Mesh, ShapeFollowsTheWorldSize) {

@@ -94,21 +94,37 @@ void capture(Trainer& t, torch::Tensor& p, torch::Tensor& m, torch::Tensor& v) {
 }
 
 void capture(PipelineTrainer& t, torch::Tensor& p, torch::Tensor& m, torch::Tensor& v) {
-  const int64_t n = t.model().full_numel();
+  const int64_t n = t.model().full_numel(), local_n = t.model().params().numel();
   p = torch::full({n}, std::nan(""), torch::kFloat32);
   m = p.clone();
   v = p.clone();
-  t.model().copy_to_full(p);
-  // The moments cover optimizer_range() of the local elements (a dp shard
-  // under ZeRO-1): NaN elsewhere.
-  const auto [lo, hi] = t.optimizer_range();
-  auto local = [&](std::span<float> moments) {
-    auto out = torch::full({t.model().params().numel()}, std::nan(""), torch::kFloat32);
-    out.narrow(0, lo, hi - lo).copy_(as_tensor(moments));
-    return out;
-  };
-  t.model().gather_to_full(local(t.optimizer().exp_avg()), m);
-  t.model().gather_to_full(local(t.optimizer().exp_avg_sq()), v);
+  auto nan_local = [&] { return torch::full({local_n}, std::nan(""), torch::kFloat32); };
+  torch::Tensor lp, lm = nan_local(), lv = nan_local();
+  if (auto* zero = t.zero()) {
+    // ZeRO-2/3: the moments (stage 3: the parameters too) are the pieces of
+    // the dp shard: NaN elsewhere.
+    lp = zero->stage() >= 3 ? nan_local() : t.model().params().params().clone();
+    for (const auto& piece : zero->layout().pieces()) {
+      const int64_t len = piece.flat_end - piece.flat_begin;
+      auto fill = [&](torch::Tensor& local, std::span<float> shard) {
+        local.narrow(0, piece.flat_begin, len)
+            .copy_(as_tensor(shard.subspan(static_cast<size_t>(piece.shard_begin), static_cast<size_t>(len))));
+      };
+      if (zero->stage() >= 3) fill(lp, zero->shard_params());
+      fill(lm, t.optimizer().exp_avg());
+      fill(lv, t.optimizer().exp_avg_sq());
+    }
+  } else {
+    // The moments cover optimizer_range() of the local elements (a dp shard
+    // under ZeRO-1): NaN elsewhere.
+    const auto [lo, hi] = t.optimizer_range();
+    lp = t.model().params().params().clone();
+    lm.narrow(0, lo, hi - lo).copy_(as_tensor(t.optimizer().exp_avg()));
+    lv.narrow(0, lo, hi - lo).copy_(as_tensor(t.optimizer().exp_avg_sq()));
+  }
+  t.model().gather_to_full(lp, p);
+  t.model().gather_to_full(lm, m);
+  t.model().gather_to_full(lv, v);
 }
 
 StepMetrics one_step(Trainer& t, Checkpointing*) { return t.train_step(); }
@@ -275,7 +291,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{{"dp2", 2, 1, 1}, {"pp2", 1, 1, 2}}, Case{{"dp2", 2, 1, 1}, {"tp2pp2", 1, 2, 2}},
                       Case{{"pp2", 1, 1, 2}, {"tp2", 1, 2, 1}}, Case{{"tp2pp2", 1, 2, 2}, {"dp2tp2", 2, 2, 1}},
                       Case{{"dp2tp2z1", 2, 2, 1, 1}, {"single", 1, 1, 1}},
-                      Case{{"dp2", 2, 1, 1}, {"dp2pp2z1", 2, 1, 2, 1}}),
+                      Case{{"dp2", 2, 1, 1}, {"dp2pp2z1", 2, 1, 2, 1}},
+                      Case{{"dp2tp2z3", 2, 2, 1, 3}, {"single", 1, 1, 1}},
+                      Case{{"tp2", 1, 2, 1}, {"dp2pp2z2", 2, 1, 2, 2}}),
     [](const auto& info) { return std::string(info.param.from.name) + "_to_" + info.param.to.name; });
 
 // Requests under the mesh engine are agreed through the step's world

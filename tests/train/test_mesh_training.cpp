@@ -60,7 +60,10 @@ TEST_P(MeshEquivalence, EqualsOneProcess) { expect_mesh_equals_single(config_of(
 // the sequence, the pipeline's messages halved); recomputation (a block's
 // forward, tp collectives included, re-run inside backward in the same order
 // on every tp rank); ZeRO-1 on the mesh (moments sharded over dp:
-// reduce-scatter, own update, all-gather).
+// reduce-scatter, own update, all-gather); ZeRO-2/3 on the mesh (a
+// reduce-scatter per block and micro-batch, stage 3 gathering each block's
+// parameters around its forward and backward; the tied embedding and the
+// sequence-parallel partial sums added shard by shard).
 INSTANTIATE_TEST_SUITE_P(
     Modes, MeshEquivalence,
     ::testing::Values(MeshCase{.name = "dp2tp2", .dp = 2, .tp = 2},
@@ -72,7 +75,15 @@ INSTANTIATE_TEST_SUITE_P(
                       MeshCase{.name = "dp2tp2_selective", .dp = 2, .tp = 2, .recompute = "selective"},
                       MeshCase{.name = "dp2pp2_full", .dp = 2, .pp = 2, .microbatches = 2, .recompute = "full"},
                       MeshCase{.name = "dp2tp2_zero1", .dp = 2, .tp = 2, .grad_accum = 2, .zero = 1},
-                      MeshCase{.name = "dp2pp2_zero1", .dp = 2, .pp = 2, .microbatches = 3, .zero = 1}),
+                      MeshCase{.name = "dp2pp2_zero1", .dp = 2, .pp = 2, .microbatches = 3, .zero = 1},
+                      MeshCase{.name = "dp2tp2_zero2", .dp = 2, .tp = 2, .grad_accum = 2, .zero = 2},
+                      MeshCase{.name = "dp2tp2_zero3_sp_selective", .dp = 2, .tp = 2, .sequence_parallel = true,
+                               .recompute = "selective", .zero = 3},
+                      MeshCase{.name = "dp2pp2_zero2", .dp = 2, .pp = 2, .microbatches = 3, .zero = 2},
+                      MeshCase{.name = "dp2pp2_zero3_interleaved", .dp = 2, .pp = 2, .microbatches = 2,
+                               .schedule = "interleaved", .zero = 3},
+                      MeshCase{.name = "tp2pp2_zero3_full", .tp = 2, .pp = 2, .microbatches = 3, .recompute = "full",
+                               .zero = 3}),
     [](const auto& info) { return std::string(info.param.name); });
 
 class MeshTraining : public ::testing::Test {
@@ -84,6 +95,27 @@ TEST_F(MeshTraining, Zero1HoldsHalfTheMomentsOnEachDpRank) {
   for (const auto& r : run_mesh(config_of(MeshCase{.name = "dp2tp2_zero1", .dp = 2, .tp = 2, .zero = 1}), 1))
     EXPECT_EQ(r.optimizer_numel, r.coords.dp == 0 ? (r.local_numel + 1) / 2 : r.local_numel / 2)
         << "dp rank " << r.coords.dp << " of a stage with " << r.local_numel << " elements";
+}
+
+// ZeRO-3 on the mesh: each dp rank keeps its half of the stage's parameters,
+// gradients and moments between steps (the flat buffers are released).
+TEST_F(MeshTraining, Zero3HoldsHalfTheStageOnEachDpRank) {
+  auto cfg = config_of(MeshCase{.name = "dp2pp2_zero3", .dp = 2, .pp = 2, .microbatches = 2, .zero = 3});
+  const MeshShape shape{2, 1, 2};
+  comm::run_in_process(shape.world(), [&](comm::Communicator& comm) {
+    ParallelMesh mesh(&comm, shape);
+    PipelineTrainer t(cfg, pangram_corpus(), mesh);
+    t.train_step();
+    ASSERT_NE(t.zero(), nullptr);
+    const int64_t local = t.zero()->layout().units().back().end;  // the stage's elements
+    const int64_t shard = static_cast<int64_t>(t.zero()->shard_params().size());
+    EXPECT_GE(2 * shard, local);
+    EXPECT_LE(2 * shard, local + 2 * static_cast<int64_t>(t.zero()->layout().units().size()));  // padding
+    EXPECT_EQ(t.optimizer().numel(), shard);
+    EXPECT_EQ(t.model().params().params().numel(), 0) << "the flat parameter buffer is released";
+    const auto& mem = t.zero()->memory();
+    EXPECT_EQ(mem.params.current, 4 * shard) << "only the own shard stays gathered after the step";
+  });
 }
 
 // The dp all-reduce of a pipeline stage's gradients runs in buckets launched

@@ -69,7 +69,7 @@ inline std::vector<MeshResult> run_mesh(const TrainConfig& cfg, int steps) {
     }
     out.val_loss = *t.evaluate();
     out.params = torch::full({t.model().full_numel()}, std::nan(""), torch::kFloat32);
-    t.model().copy_to_full(out.params);
+    t.model().gather_to_full(t.local_parameters(), out.params);  // ZeRO-3: all-gathered over dp
   });
   return results;
 }
