@@ -267,7 +267,8 @@ plan::ParallelPlan plan_for_job(const train::TrainConfig& config, int workers) {
   //  - DP, mesh engine: bucket all-reduces from the hooks of each stage's
   //    last backward when parallel.overlap (as the DP engine's last
   //    micro-step); ZeRO-1 on the mesh reduce-scatters and gathers after the
-  //    pipeline: nothing hidden.
+  //    pipeline, ZeRO-2/3 on the mesh wait for each backward action's
+  //    reduce-scatters before the next action: nothing hidden.
   //  - DP, ZeRO-0: bucket all-reduces during the last micro-step's backward
   //    when parallel.overlap, else after it.
   //  - ZeRO-1/2: the gradients are reduced during backward (ZeRO-1: the
