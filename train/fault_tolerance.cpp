@@ -141,6 +141,8 @@ FaultTolerance::FaultTolerance(const TrainConfig& config, Trainer& trainer, doub
   timeouts_ = timeouts_for(config.fault);
   heal_.chunk_bytes = config.fault.heal_chunk_bytes;
   heal_.timeout_s = config.fault.heal_timeout_s;
+  heal_staging_ = std::make_unique<HealStaging>(HealStaging::bytes_for(heal_.piece_bytes, heal_.chunk_bytes, heal_.window));
+  heal_.staging = heal_staging_.get();
   reference_replicas_ = config.fault.replicas > 0 ? static_cast<int>(config.fault.replicas)
                                                   : static_cast<int>(env::get_int("BRAID_WORLD_SIZE", 1));
   if (auto d = env::get("BRAID_FT_DRILL"); d && !d->empty()) drills_ = FaultDrill::parse(*d);

@@ -189,6 +189,7 @@ class FaultTolerance : private StepObserver {
   uint32_t epoch_ = 0;  // DiLoCo: the epoch of the last outer round
   coord::Timeouts timeouts_;
   HealOptions heal_;
+  std::unique_ptr<HealStaging> heal_staging_;  // made once: heal_.staging
   int reference_replicas_ = 1;
   std::vector<FaultDrill> drills_;
   double step_delay_s_ = 0;  // BRAID_FT_STEP_DELAY

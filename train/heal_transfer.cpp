@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <new>
 #include <nlohmann/json.hpp>
 
@@ -75,22 +76,23 @@ std::vector<Piece> pieces_of(const std::vector<Chunk>& chunks, uint64_t piece_by
 // in one 2 MiB-aligned block that asks for transparent huge pages.
 // (Why stage at all: see heal_transfer.hpp. The kernel's first access to a
 // page of this process is what costs, so the slots sit on huge pages.)
+// Uses the caller's HealStaging when it is large enough, else maps its own.
 class Bounce {
  public:
-  Bounce(size_t slots, size_t slot_bytes) : slots_(slots), slot_bytes_(slot_bytes) {
-    bytes_ = (slots * slot_bytes + kHugePage - 1) / kHugePage * kHugePage;
-    base_ = static_cast<char*>(std::aligned_alloc(kHugePage, bytes_));
-    if (!base_) throw std::bad_alloc();
-    (void)madvise(base_, bytes_, MADV_HUGEPAGE);  // advice: without THP the slots are plain pages
+  Bounce(size_t slots, size_t slot_bytes, HealStaging* staging) : slots_(slots), slot_bytes_(slot_bytes) {
+    if (staging && staging->size() >= slots * slot_bytes) {
+      base_ = staging->data();
+      return;
+    }
+    own_ = std::make_unique<HealStaging>(slots * slot_bytes);
+    base_ = own_->data();
   }
-  ~Bounce() { std::free(base_); }
-  Bounce(const Bounce&) = delete;
-  Bounce& operator=(const Bounce&) = delete;
   size_t slots() const { return slots_; }
   char* slot(size_t i) { return base_ + (i % slots_) * slot_bytes_; }
 
  private:
-  size_t slots_, slot_bytes_, bytes_ = 0;
+  size_t slots_, slot_bytes_;
+  std::unique_ptr<HealStaging> own_;
   char* base_ = nullptr;
 };
 
@@ -154,6 +156,27 @@ comm::CollectiveOptions until(const Deadline& d) {
 
 }  // namespace
 
+HealStaging::HealStaging(size_t bytes) {
+  bytes_ = std::max<size_t>(kHugePage, (bytes + kHugePage - 1) / kHugePage * kHugePage);
+  void* p = mmap(nullptr, bytes_ + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  // Align to a huge page; the slack on either side goes back at once.
+  auto* raw = static_cast<char*>(p);
+  auto* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + kHugePage - 1) & ~(kHugePage - 1));
+  if (aligned > raw) munmap(raw, static_cast<size_t>(aligned - raw));
+  const size_t tail = static_cast<size_t>(raw + bytes_ + kHugePage - (aligned + bytes_));
+  if (tail > 0) munmap(aligned + bytes_, tail);
+  base_ = aligned;
+  (void)madvise(base_, bytes_, MADV_HUGEPAGE);  // advice: without THP the slots are plain pages
+  std::memset(base_, 0, bytes_);                // fault every page in now, not during a heal
+}
+
+HealStaging::~HealStaging() { munmap(base_, bytes_); }
+
+size_t HealStaging::bytes_for(uint64_t piece_bytes, uint64_t chunk_bytes, int window) {
+  return 2 * static_cast<size_t>(std::max(1, window)) * std::min(piece_bytes, chunk_bytes);
+}
+
 HealStats send_training_state(comm::Communicator& comm, const TrainState& state, const std::vector<int>& targets,
                               const HealOptions& options) {
   HealStats stats;
@@ -191,7 +214,7 @@ HealStats send_training_state(comm::Communicator& comm, const TrainState& state,
   // Each piece is copied into a free slot once and sent from there to every
   // target; a slot is refilled when all its sends completed (the transport
   // has taken the bytes).
-  Bounce bounce(slot_count(options.window, pieces.size()), piece_bytes);
+  Bounce bounce(slot_count(options.window, pieces.size()), piece_bytes, options.staging);
   AbortOnUnwind guard(comm);  // destroyed before the bounce buffer
   std::vector<std::vector<comm::Work>> busy(bounce.slots());
   for (size_t i = 0; i < pieces.size(); ++i) {
@@ -270,7 +293,7 @@ HealStats receive_training_state(comm::Communicator& comm, TrainState& state, in
   // chunk is verified once its last piece is in place. Twice the sender's
   // window of slots: a piece that arrived before its receive was posted would
   // be buffered by the transport in fresh memory.
-  Bounce bounce(slot_count(2 * std::max(1, options.window), pieces.size()), piece_bytes);
+  Bounce bounce(slot_count(2 * std::max(1, options.window), pieces.size()), piece_bytes, options.staging);
   AbortOnUnwind guard(comm);  // destroyed before the bounce buffer
   std::vector<comm::Work> works(bounce.slots());
   auto post = [&](size_t i) {

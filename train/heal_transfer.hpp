@@ -26,12 +26,16 @@
 // access to each 4 KiB page of a process costs ~10 us even when user space
 // has already written it (a loopback test: 10 MB sent between fresh buffers
 // took 40-60 ms, the same bytes sent again 3-10 ms, and buffers the kernel had
-// touched before, or on huge pages, 4-9 ms the first time). In place, the
-// example model's 10 MB healed at 0.37-0.64 GB/s (39-50% of the TCP all-reduce
-// busbw of `braid bench recovery`); staged, at 0.54-1.58 GB/s (52-109%) on the
-// same loaded host. The bounce buffer pays the kernel's first touch once per
-// 2 MiB; the copies into and out of it run at memory speed and overlap the
-// transfer.
+// touched before, or on huge pages, 4-9 ms the first time). Two more things
+// decide the rate (`braid bench recovery`, example model, 10 MB, 5 runs per
+// fault on the idle 2-vCPU VM):
+//   - slot size: 256 KiB slots stay in the cache between the memcpy into a
+//     slot and the kernel's copy out of it (and the other way round on the
+//     receiver); with 1 MiB slots the heal ran at 33-36% of the TCP
+//     all-reduce busbw, with 256 KiB at 76-95%;
+//   - staging made once: a worker maps and faults in its HealStaging when it
+//     starts, so a heal allocates nothing (with both: 114-186%).
+// In place (no staging), the heal ran at 26-50%.
 //
 // Cost model: 12 bytes per parameter plus a few hundred bytes of blobs go
 // once over the pair to each target; a source with several targets sends to
@@ -47,11 +51,36 @@
 
 namespace braid::train {
 
+// Staging memory for heal transfers, mapped on (transparent) huge pages and
+// written once when it is made, so that a heal pays neither the allocation nor
+// the first touch of its bounce buffers (a few milliseconds for 12 MiB on the
+// development VM: a large share of a 10 MB heal). A fault-tolerant worker
+// makes one when it starts and hands it to every transfer (HealOptions).
+class HealStaging {
+ public:
+  explicit HealStaging(size_t bytes);
+  ~HealStaging();
+  HealStaging(const HealStaging&) = delete;
+  HealStaging& operator=(const HealStaging&) = delete;
+  char* data() const { return base_; }
+  size_t size() const { return bytes_; }
+  // Bytes a transfer with these options stages on the receiving side (the
+  // larger side: twice the sender's window).
+  static size_t bytes_for(uint64_t piece_bytes, uint64_t chunk_bytes, int window);
+
+ private:
+  char* base_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 struct HealOptions {
   uint64_t chunk_bytes = 4ull << 20;  // bytes per checksummed chunk
-  uint64_t piece_bytes = 1ull << 20;  // bytes per message (at most chunk_bytes are used)
+  uint64_t piece_bytes = 256ull << 10;  // bytes per message (at most chunk_bytes are used)
   int window = 4;                     // messages in flight per target (the sender's bounce slots)
   double timeout_s = 60;              // deadline of the whole transfer
+  // Reused staging memory; null (or too small) makes each transfer allocate
+  // its own. Not shared between concurrent transfers.
+  HealStaging* staging = nullptr;
 };
 
 struct HealStats {
