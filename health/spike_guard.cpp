@@ -4,6 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <sstream>
+#include <vector>
+
+#include "core/error.hpp"
 
 namespace braid::health {
 
@@ -35,6 +40,43 @@ bool SpikeGuard::spike(const Running& r, double x) const {
   // otherwise call any wobble a spike.
   const double dev = std::max(r.std(), 0.02 * std::abs(r.mean) + 1e-12);
   return x > r.mean + o_.sigma * dev;
+}
+
+std::string SpikeGuard::save() const {
+  return fmt::format("spike-guard-1 {} {} {:a} {:a} {:a} {:a}", accepted_, streak_, loss_.mean, loss_.var, norm_.mean,
+                     norm_.var);
+}
+
+void SpikeGuard::load(const std::string& text) {
+  std::istringstream in(text);
+  std::string tag;
+  std::vector<std::string> f(6);
+  in >> tag;
+  for (auto& x : f) in >> x;
+  std::string extra;
+  auto fail = [&] {
+    return CorruptData(fmt::format("malformed health-guard state '{}'", text),
+                       "the checkpoint or peer runs another braid build; delete the entry or use an older checkpoint");
+  };
+  if (tag != "spike-guard-1" || !in || (in >> extra)) throw fail();
+  auto to_int = [&](const std::string& s) {
+    char* end = nullptr;
+    const long long v = std::strtoll(s.c_str(), &end, 10);
+    if (*end || v < 0) throw fail();
+    return static_cast<int64_t>(v);
+  };
+  auto to_double = [&](const std::string& s) {
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    if (*end || !std::isfinite(v)) throw fail();
+    return v;
+  };
+  const int64_t accepted = to_int(f[0]), streak = to_int(f[1]);
+  const Running loss{to_double(f[2]), to_double(f[3])}, norm{to_double(f[4]), to_double(f[5])};
+  accepted_ = accepted;
+  streak_ = streak;
+  loss_ = loss;
+  norm_ = norm;
 }
 
 GuardVerdict SpikeGuard::judge(double loss, double grad_norm, std::string* why) {

@@ -41,6 +41,12 @@ class SpikeGuard {
   }
   int64_t streak() const { return streak_; }
   int64_t accepted() const { return accepted_; }
+  // The running statistics, counters included, as text that load() takes
+  // back exactly (hexadecimal floats): what a healed or resumed worker needs
+  // to reach the same verdicts as its peers. load() throws CorruptData on
+  // anything else and then changes nothing.
+  std::string save() const;
+  void load(const std::string& text);
 
  private:
   struct Running {

@@ -21,6 +21,9 @@
 namespace braid::train {
 namespace {
 
+// Key of the health guard's statistics among the training state's blobs.
+constexpr const char* kGuardBlob = "health_guard";
+
 std::string ranks_text(const std::vector<int>& r) { return fmt::format("{}", fmt::join(r, ", ")); }
 
 // Deterministic "random" choice for a fault without index/bit.
@@ -58,6 +61,12 @@ HealthMonitor::HealthMonitor(Trainer& trainer, const HealthConfig& config, std::
       guard_(guard_options(config)) {
   trainer.add_observer(this);
   trainer.set_nonfinite_guarded(config_.guard);
+  // The guard's statistics travel with the training state, so that a worker
+  // healed from a peer (or resumed from a checkpoint) judges the next steps
+  // as its peers do: under data parallelism every rank must reach the same
+  // verdict, or the replicas drift apart.
+  if (config_.guard)
+    trainer.add_state_blob(kGuardBlob, {[this] { return guard_.save(); }, [this](const std::string& s) { guard_.load(s); }});
   if (config_.flight_recorder && !flight_dir_.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(flight_dir_, ec);
@@ -74,7 +83,7 @@ HealthMonitor::HealthMonitor(Trainer& trainer, const HealthConfig& config, std::
     if (f.rank == trainer.rank()) log::warn("health: fault injection armed on this rank: {}", f.text);
 }
 
-HealthMonitor::~HealthMonitor() = default;
+HealthMonitor::~HealthMonitor() { trainer_.remove_state_blob(kGuardBlob); }
 
 void HealthMonitor::set_flight_dir(const std::string& dir) {
   std::string agreed = dir;

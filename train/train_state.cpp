@@ -114,11 +114,18 @@ std::vector<ckpt::ReadTarget> TrainState::read_targets() const {
 }
 
 StateBlobs TrainState::blobs() const {
-  return progress_blobs({trainer_.step(), trainer_.optimizer().step(), trainer_.sampler().position()});
+  StateBlobs b = progress_blobs({trainer_.step(), trainer_.optimizer().step(), trainer_.sampler().position()});
+  for (const auto& [name, hooks] : trainer_.state_blobs()) b.global[name] = hooks.save();
+  return b;
 }
 
 void TrainState::restore(const StateBlobs& b) {
   const ProgressBlobs p = parse_progress_blobs(b);
+  // The registered extras first: one that throws (malformed) leaves the
+  // progress untouched. One the source did not have (an older checkpoint, a
+  // run without it) keeps this worker's own.
+  for (const auto& [name, hooks] : trainer_.state_blobs())
+    if (auto it = b.global.find(name); it != b.global.end()) hooks.load(it->second);
   trainer_.set_step(p.step);
   trainer_.optimizer().set_step(p.adam_step);
   trainer_.sampler().restore(p.sampler);

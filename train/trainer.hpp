@@ -15,6 +15,8 @@
 //
 // State that a checkpoint needs is explicit: the flat parameter buffer, the
 // optimizer's flat moments and step, the sampler position and the step count.
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <utility>
@@ -96,6 +98,17 @@ class Trainer {
   std::string sample_text(int64_t tokens);
 
   void add_observer(StepObserver* o) { observers_.push_back(o); }
+  // Extra state that travels with the training state (TrainState's blobs:
+  // checkpoints and heals), e.g. the health guard's running statistics:
+  // `save` gives it as a string, `load` takes one back. A name registered
+  // again replaces the hooks; the owner removes them before it goes away.
+  struct StateBlobHooks {
+    std::function<std::string()> save;
+    std::function<void(const std::string&)> load;
+  };
+  void add_state_blob(const std::string& name, StateBlobHooks hooks) { state_blobs_[name] = std::move(hooks); }
+  void remove_state_blob(const std::string& name) { state_blobs_.erase(name); }
+  const std::map<std::string, StateBlobHooks>& state_blobs() const { return state_blobs_; }
   // Tells every observer that the parameters were replaced (see StepObserver).
   void notify_parameters_replaced() {
     for (auto* o : observers_) o->parameters_replaced(*this);
@@ -143,6 +156,7 @@ class Trainer {
   std::unique_ptr<ZeroOptimizer> zero_;         // parallel.zero >= 1
   std::unique_ptr<RecomputeRunner> recompute_;  // parallel.recompute without ZeRO
   std::vector<StepObserver*> observers_;
+  std::map<std::string, StateBlobHooks> state_blobs_;
   int64_t step_ = 0;
   double job_peak_flops_ = 0;
   bool nonfinite_guarded_ = false;

@@ -12,6 +12,7 @@
 #include "net/mesh.hpp"
 #include "train/fault_tolerance.hpp"
 #include "train/heal_transfer.hpp"
+#include "train/health_monitor.hpp"
 #include "train/train_state.hpp"
 #include "train/trainer.hpp"
 #include "tests/train/pangram_corpus.hpp"
@@ -115,14 +116,20 @@ std::string state_bytes(Trainer& t) {
 
 // Rank 0 trains a few steps alone, then heals ranks 1..n-1 (fresh trainers)
 // over an in-process communicator, in small chunks; every rank then holds the
-// same bytes and trains on identically.
+// same bytes (and the same health-guard statistics) and trains on identically.
 TEST(Healing, SeveralJoinersGetTheSourceStateBitIdentical) {
   const int world = 3;
   auto cfg = tiny_config();
   std::vector<std::unique_ptr<Trainer>> trainers;
-  for (int r = 0; r < world; ++r) trainers.push_back(std::make_unique<Trainer>(cfg, pangram_corpus(), nullptr));
+  std::vector<std::unique_ptr<HealthMonitor>> monitors;  // their guards' statistics travel with the state
+  for (int r = 0; r < world; ++r) {
+    trainers.push_back(std::make_unique<Trainer>(cfg, pangram_corpus(), nullptr));
+    monitors.push_back(std::make_unique<HealthMonitor>(*trainers.back(), cfg.health, ""));
+  }
+  auto guard_state = [&](int r) { return trainers[static_cast<size_t>(r)]->state_blobs().at("health_guard").save(); };
   for (int i = 0; i < 3; ++i) trainers[0]->train_step();
   ASSERT_NE(state_bytes(*trainers[0]), state_bytes(*trainers[1]));
+  ASSERT_NE(guard_state(0), guard_state(1));
 
   auto hub = net::make_inproc_hub(world);
   HealOptions opts;
@@ -158,6 +165,7 @@ TEST(Healing, SeveralJoinersGetTheSourceStateBitIdentical) {
     const uint64_t buffer = state_size / 3;
     EXPECT_EQ(stats[static_cast<size_t>(r)].chunks, 3 * ((buffer + opts.chunk_bytes - 1) / opts.chunk_bytes));
     EXPECT_EQ(trainers[static_cast<size_t>(r)]->step(), 3);
+    EXPECT_EQ(guard_state(r), guard_state(0)) << "rank " << r << ": the health guard's statistics";
   }
   // The healed ranks continue exactly as the source does.
   const double loss = trainers[0]->train_step().loss;

@@ -185,6 +185,34 @@ TEST(SpikeGuard, RestartMakesTheReplacedModelTheNewBaseline) {
   EXPECT_EQ(g.judge(3.0, NAN), GuardVerdict::Skip) << "non-finite values are refused during the warmup too";
 }
 
+// save()/load() carry the statistics exactly: a guard loaded with another's
+// state reaches the same verdicts from then on (a fresh one would not judge
+// spikes during its warmup); malformed text is refused and changes nothing.
+TEST(SpikeGuard, SavedStateGivesTheSameVerdicts) {
+  const SpikeGuardOptions o{.sigma = 6, .warmup = 5, .ema = 0.1, .rollback_after = 2};
+  SpikeGuard a(o), b(o), fresh(o);
+  for (int i = 0; i < 30; ++i) ASSERT_EQ(a.judge(3.0 + 0.01 * (i % 3), 1.0 + 0.02 * (i % 4)), GuardVerdict::Apply);
+  b.load(a.save());
+  EXPECT_EQ(b.save(), a.save());
+  EXPECT_EQ(b.accepted(), 30);
+  const double norms[] = {1.01, 9.0, 1.03, 9.5, 9.6, 1.02};
+  for (double n : norms) {
+    const auto want = a.judge(3.01, n);
+    EXPECT_EQ(b.judge(3.01, n), want) << "norm " << n;
+    if (n > 5) {
+      EXPECT_NE(want, GuardVerdict::Apply);
+      EXPECT_EQ(fresh.judge(3.01, n), GuardVerdict::Apply) << "a fresh guard is still in its warmup";
+    }
+  }
+  EXPECT_EQ(b.save(), a.save());
+  const std::string before = b.save();
+  for (const char* bad : {"", "spike-guard-1 1 0 0x1p+0", "spike-guard-2 1 0 0 0 0 0", "spike-guard-1 -1 0 0 0 0 0",
+                          "spike-guard-1 1 0 nan 0 0 0", "spike-guard-1 1 0 0 0 0 0 extra"}) {
+    EXPECT_THROW(b.load(bad), CorruptData) << bad;
+    EXPECT_EQ(b.save(), before) << bad;
+  }
+}
+
 TEST(Stragglers, SlowerThanFactorTimesMedian) {
   EXPECT_EQ(find_stragglers(std::vector<double>{1.0, 1.1, 3.2, 0.9}, 1.5), std::vector<int>{2});
   EXPECT_TRUE(find_stragglers(std::vector<double>{1.0, 1.1, 1.2}, 1.5).empty());
