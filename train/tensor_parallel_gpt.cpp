@@ -151,8 +151,6 @@ void TensorParallelGpt::copy_from_full(const torch::Tensor& full_flat) {
 
 void TensorParallelGpt::copy_to_full(torch::Tensor& full_flat) const { gather_to_full(params_.params(), full_flat); }
 
-void TensorParallelGpt::add_own_to_full(torch::Tensor& full_flat) const { add_own_to_full(params_.params(), full_flat); }
-
 void TensorParallelGpt::add_own_to_full(const torch::Tensor& local_flat, torch::Tensor& full_flat) const {
   torch::NoGradGuard no_grad;
   auto mine = torch::zeros_like(full_flat);

@@ -112,15 +112,15 @@ class TensorParallelGpt {
   // and leaves all other elements of `full` as they are.
   void copy_from_full(const torch::Tensor& full_flat);
   void copy_to_full(torch::Tensor& full_flat) const;
-  // Adds the elements this rank accounts for (as grad_sum_of_squares_share:
-  // split parameters on every tp rank, replicated ones on tp rank 0, the
-  // tied embedding on the first stage) into `full_flat`; summed over one
-  // model replica's ranks it is the whole parameter vector.
-  void add_own_to_full(torch::Tensor& full_flat) const;
-  // The same from a copy of the local parameters (ZeRO-3 releases the flat
-  // buffer: PipelineTrainer::local_parameters()).
+  // Adds the elements of `local_flat` (the local parameters, from
+  // PipelineTrainer::local_parameters(): ZeRO-3 releases the flat buffer)
+  // this rank accounts for (as grad_sum_of_squares_share: split parameters
+  // on every tp rank, replicated ones on tp rank 0, the tied embedding on the
+  // first stage) into `full_flat`; summed over one model replica's ranks it
+  // is the whole parameter vector.
   void add_own_to_full(const torch::Tensor& local_flat, torch::Tensor& full_flat) const;
-  // The same, for any buffer in parameter layout (gradients, Adam moments).
+  // Like copy_from_full / copy_to_full, for any buffer in parameter layout
+  // (gradients, Adam moments).
   void scatter_from_full(const torch::Tensor& full_flat, torch::Tensor& local_flat) const;
   void gather_to_full(const torch::Tensor& local_flat, torch::Tensor& full_flat) const;
 
